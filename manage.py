@@ -1,0 +1,19 @@
+#!/usr/bin/env python
+"""Django's command-line utility. Without DATABASE_URL / REDIS_URL it uses the
+embedded stack: attached if `make run` is up, started and stopped if not."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "memoryproject.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Input serializers validate (and reject anything unknown); output serializers answer."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import serializers
+
+from memories.models import Memory, MemoryHistory, MemoryKind
+from memories.selectors import MemoryFilters
+from memories.services import MemoryInput
+
+NAMESPACE_PATTERN = r"^[A-Za-z0-9_.\-]{1,100}$"
+KIND_FILTER_CHOICES = [*MemoryKind.values, "discrete"]
+
+
+def _limits() -> dict[str, Any]:
+    return dict(settings.MEMORY)
+
+
+class StrictSerializer(serializers.Serializer[Any]):
+    """Rejects fields it does not know: a typo must not be silently ignored."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"non_field_errors": [f"Expected a JSON object, got {type(data).__name__}."]}
+            )
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+def _check_json_value(value: Any, path: str = "metadata") -> None:
+    """PostgreSQL's jsonb refuses NUL characters and non-finite numbers: catch them here as a 400."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise serializers.ValidationError(f"{path}: keys cannot contain NUL characters.")
+            _check_json_value(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{path}[{index}]")
+    elif isinstance(value, str) and "\x00" in value:
+        raise serializers.ValidationError(f"{path}: strings cannot contain NUL characters.")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise serializers.ValidationError(f"{path}: numbers must be finite.")
+
+
+class MetadataField(serializers.JSONField):
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        _check_json_value(value)
+        limit = _limits()["MAX_METADATA_BYTES"]
+        if len(json.dumps(value, separators=(",", ":")).encode()) > limit:
+            raise serializers.ValidationError(f"Must be at most {limit} bytes as JSON.")
+        return value
+
+
+class FiniteFloatField(serializers.FloatField):
+    def to_internal_value(self, data: Any) -> float:
+        value = super().to_internal_value(data)
+        if not math.isfinite(value):
+            raise serializers.ValidationError("Must be a finite number.")
+        return value
+
+
+class MemoryFieldsSerializer(StrictSerializer):
+    """The fields of a memory a client writes (create and PATCH)."""
+
+    kind = serializers.ChoiceField(choices=MemoryKind.choices, default=MemoryKind.FACT)
+    category = serializers.CharField(max_length=100, allow_blank=True, default="")
+    key = serializers.CharField(max_length=255, allow_null=True, default=None)
+    metadata = MetadataField(default=dict)
+    importance = FiniteFloatField(min_value=0.0, max_value=1.0, default=0.5)
+    pinned = serializers.BooleanField(default=False)
+    expires_at = serializers.DateTimeField(allow_null=True, default=None)
+    ttl_seconds = serializers.IntegerField(min_value=1, max_value=10 * 365 * 86_400, required=False)
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        # Built per instance so that limits changed in settings apply at once.
+        fields = super().get_fields()
+        limits = _limits()
+        fields["content"] = serializers.CharField(max_length=limits["MAX_CONTENT_CHARS"])
+        fields["tags"] = serializers.ListField(
+            child=serializers.CharField(max_length=limits["MAX_TAG_CHARS"]), max_length=limits["MAX_TAGS"], default=list
+        )
+        return fields
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        ttl = attrs.pop("ttl_seconds", None)
+        if ttl is not None:
+            if attrs.get("expires_at") is not None:
+                raise serializers.ValidationError("Give expires_at or ttl_seconds, not both.")
+            attrs["expires_at"] = timezone.now() + timedelta(seconds=ttl)
+        elif attrs.get("expires_at") is not None and attrs["expires_at"] <= timezone.now():
+            raise serializers.ValidationError({"expires_at": ["Must be in the future."]})
+        if "tags" in attrs:
+            attrs["tags"] = list(dict.fromkeys(attrs["tags"]))
+        if attrs.get("key") is not None and not attrs["key"]:
+            raise serializers.ValidationError({"key": ["Must not be blank; omit it or send null."]})
+        return attrs
+
+
+class MemoryCreateSerializer(MemoryFieldsSerializer):
+    user_id = serializers.CharField(max_length=255)
+    namespace = serializers.RegexField(NAMESPACE_PATTERN, default="default")
+
+    def to_input(self) -> MemoryInput:
+        data = dict(self.validated_data)
+        return MemoryInput(**data)
+
+
+class MemoryUpdateSerializer(MemoryFieldsSerializer):
+    """PATCH: only the fields sent change; user_id and namespace are fixed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["partial"] = True
+        super().__init__(*args, **kwargs)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        if not attrs and "ttl_seconds" not in self.initial_data:
+            raise serializers.ValidationError("Send at least one field to change.")
+        return attrs
+
+
+class BatchCreateSerializer(StrictSerializer):
+    memories = serializers.ListField(child=serializers.JSONField(), allow_empty=False)
+
+
+class CommaListField(serializers.CharField):
+    """`a,b,c` in a query string."""
+
+    def to_internal_value(self, data: Any) -> list[str]:  # type: ignore[override]
+        text = super().to_internal_value(data)
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+
+class KindListField(CommaListField):
+    def to_internal_value(self, data: Any) -> list[str]:
+        kinds = super().to_internal_value(data)
+        unknown = [kind for kind in kinds if kind not in KIND_FILTER_CHOICES]
+        if unknown:
+            raise serializers.ValidationError(f"Unknown kind {unknown[0]!r}; use one of {KIND_FILTER_CHOICES}.")
+        return kinds
+
+
+class MetadataQueryField(serializers.CharField):
+    """A JSON object in a query string (or an object in a JSON body): metadata containment."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:  # type: ignore[override]
+        if isinstance(data, dict):
+            value: Any = data
+        else:
+            try:
+                value = json.loads(super().to_internal_value(data))
+            except (ValueError, RecursionError):
+                raise serializers.ValidationError("Must be a JSON object, e.g. {\"topic\": \"travel\"}.") from None
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        _check_json_value(value)
+        return value
+
+
+class FilterSerializer(StrictSerializer):
+    user_id = serializers.CharField(max_length=255)
+    namespace = serializers.RegexField(NAMESPACE_PATTERN, default="default")
+    kind = KindListField(required=False)
+    category = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    tags = CommaListField(required=False)
+    tags_all = CommaListField(required=False)
+    metadata = MetadataQueryField(required=False)
+    pinned = serializers.BooleanField(required=False, allow_null=True, default=None)
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+
+    def to_internal_value(self, data: Any) -> Any:
+        # Query strings arrive as a QueryDict: one value per name, a repeated name is a mistake.
+        if hasattr(data, "lists"):
+            repeated = [name for name, values in data.lists() if len(values) > 1]
+            if repeated:
+                raise serializers.ValidationError({name: ["Give this parameter once."] for name in repeated})
+            data = data.dict()
+        return super().to_internal_value(data)
+
+    def filters(self) -> MemoryFilters:
+        data = self.validated_data
+        return MemoryFilters(
+            user_id=data["user_id"],
+            namespace=data["namespace"],
+            kinds=data.get("kind", []),
+            category=data.get("category"),
+            tags_any=data.get("tags", []),
+            tags_all=data.get("tags_all", []),
+            metadata=data.get("metadata", {}),
+            pinned=data.get("pinned"),
+            since=data.get("since"),
+            until=data.get("until"),
+        )
+
+
+class ListQuerySerializer(FilterSerializer):
+    cursor = serializers.CharField(max_length=500, required=False)
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = super().get_fields()
+        limits = _limits()
+        fields["limit"] = serializers.IntegerField(
+            min_value=1, max_value=limits["MAX_PAGE_SIZE"], default=limits["DEFAULT_PAGE_SIZE"]
+        )
+        return fields
+
+
+class SearchSerializer(FilterSerializer):
+    query = serializers.CharField(max_length=2_000)
+    limit = serializers.IntegerField(min_value=1, max_value=1_000, default=10)
+    min_score = FiniteFloatField(min_value=0.0, max_value=1.0, default=0.0)
+
+
+class EmbeddingInfoField(serializers.Field[Any, Any, Any, Any]):
+    def __init__(self) -> None:
+        super().__init__(source="*", read_only=True)
+
+    def to_representation(self, memory: Memory) -> dict[str, Any] | None:
+        # The vector itself is never sent: clients need to know it exists and of what model.
+        if not memory.embedding_model:
+            return None
+        return {"model": memory.embedding_model, "dimensions": Memory._meta.get_field("embedding").dimensions}  # type: ignore[union-attr]
+
+
+class MemoryOutputSerializer(serializers.ModelSerializer[Memory]):
+    session_id = serializers.UUIDField(allow_null=True, read_only=True)
+    embedding = EmbeddingInfoField()
+
+    class Meta:
+        model = Memory
+        fields = [
+            "id",
+            "user_id",
+            "namespace",
+            "session_id",
+            "kind",
+            "category",
+            "key",
+            "content",
+            "tags",
+            "metadata",
+            "importance",
+            "pinned",
+            "access_count",
+            "last_accessed_at",
+            "created_at",
+            "updated_at",
+            "expires_at",
+            "embedding",
+        ]
+        read_only_fields = fields
+
+
+class HistoryOutputSerializer(serializers.ModelSerializer[MemoryHistory]):
+    class Meta:
+        model = MemoryHistory
+        fields = ["action", "actor", "old_content", "new_content", "changes", "created_at"]
+        read_only_fields = fields

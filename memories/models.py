@@ -1,0 +1,237 @@
+"""The memory domain's tables.
+
+Every row belongs to an Account, and every query filters by it: an API key
+authenticates as its account, and another account's row is simply not found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from typing import ClassVar
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from pgvector.django import HnswIndex, VectorField
+
+EMBEDDING_DIMENSIONS = 384
+# Full-text configuration of the search vector and of the queries matched against it.
+TEXT_SEARCH_CONFIG = "english"
+API_KEY_PREFIX = "mp_"
+
+
+class Account(models.Model):
+    """A tenant: owns API keys and every memory stored through them."""
+
+    name = models.CharField(max_length=200, unique=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def hash_api_key(raw_key: str) -> str:
+    # Keys carry 256 bits of randomness, so a fast hash is enough: there is
+    # nothing to brute-force, and lookups stay one indexed equality.
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class ApiKey(models.Model):
+    """A bearer key of an account. Only its hash is stored; the key is shown once."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200)
+    # The first characters, kept to tell keys apart in the admin.
+    prefix = models.CharField(max_length=16, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def generate(cls, *, account: Account, name: str) -> tuple[ApiKey, str]:
+        """Create a key; return the row and the raw key, which is never stored."""
+        raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        key = cls.objects.create(account=account, name=name, prefix=raw_key[:10], key_hash=hash_api_key(raw_key))
+        return key, raw_key
+
+
+class Session(models.Model):
+    """One conversation of a user; its summary heads the memory hierarchy."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="sessions")
+    namespace = models.CharField(max_length=100, default="default")
+    # The client's own id for the session.
+    external_id = models.CharField(max_length=255)
+    user_id = models.CharField(max_length=255)
+    summary = models.TextField(blank=True)
+    summary_embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["account", "namespace", "external_id"], name="session_unique_external_id"
+            ),
+        ]
+        indexes: ClassVar = [
+            # A user's sessions, newest first (hierarchy and session pages).
+            models.Index(fields=["account", "namespace", "user_id", "-created_at"], name="session_user_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.external_id} ({self.user_id})"
+
+
+class MemoryKind(models.TextChoices):
+    FACT = "fact", "Fact"
+    PREFERENCE = "preference", "Preference"
+    EVENT = "event", "Event"
+    SUMMARY = "summary", "Session summary"
+    RAW = "raw", "Raw"
+
+
+# The hierarchy's "discrete" level: single statements rather than summaries or transcripts.
+DISCRETE_KINDS = (MemoryKind.FACT, MemoryKind.PREFERENCE, MemoryKind.EVENT)
+
+
+def content_hash(content: str) -> str:
+    """Hash of the content with case and white space folded: equal hashes are duplicates."""
+    normalized = " ".join(content.split()).casefold()
+    return hashlib.sha256(normalized.encode()).hexdigest()
+
+
+class Memory(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="memories")
+    namespace = models.CharField(max_length=100, default="default")
+    user_id = models.CharField(max_length=255)
+    session = models.ForeignKey(Session, on_delete=models.SET_NULL, null=True, blank=True, related_name="memories")
+    kind = models.CharField(max_length=20, choices=MemoryKind.choices, default=MemoryKind.FACT)
+    category = models.CharField(max_length=100, blank=True, default="")
+    # With category, an upsert key: storing the same (user, category, key) again replaces the memory.
+    key = models.CharField(max_length=255, null=True, blank=True)
+    content = models.TextField()
+    content_hash = models.CharField(max_length=64, editable=False)
+    tags = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    importance = models.FloatField(default=0.5)
+    pinned = models.BooleanField(default=False)
+    access_count = models.PositiveBigIntegerField(default=0)
+    last_accessed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
+    embedding_model = models.CharField(max_length=100, blank=True, default="")
+    search_vector = models.GeneratedField(
+        expression=SearchVector("content", config=TEXT_SEARCH_CONFIG),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
+
+    class Meta:
+        verbose_name_plural = "memories"
+        constraints: ClassVar = [
+            models.CheckConstraint(condition=Q(importance__gte=0) & Q(importance__lte=1), name="memory_importance_0_1"),
+            # NULL keys are distinct in PostgreSQL, so only keyed memories are unique.
+            models.UniqueConstraint(
+                fields=["account", "namespace", "user_id", "category", "key"], name="memory_unique_key"
+            ),
+        ]
+        indexes: ClassVar = [
+            # List: a user's memories newest first, cursor on (created_at, id).
+            models.Index(
+                fields=["account", "namespace", "user_id", "-created_at", "-id"], name="memory_user_created"
+            ),
+            # List filtered by kind, newest first.
+            models.Index(
+                fields=["account", "namespace", "user_id", "kind", "-created_at"], name="memory_user_kind_created"
+            ),
+            # A user's most important memories (preloading, ranking).
+            models.Index(fields=["account", "namespace", "user_id", "-importance"], name="memory_user_importance"),
+            # Exact-duplicate check on write: same user, same normalised content.
+            models.Index(fields=["account", "namespace", "user_id", "content_hash"], name="memory_user_hash"),
+            # `tags` filter: any (&&) and all (@>).
+            GinIndex(fields=["tags"], name="memory_tags_gin"),
+            # `metadata` filter: containment (@>), which also expresses equality of a key.
+            GinIndex(fields=["metadata"], name="memory_metadata_gin", opclasses=["jsonb_path_ops"]),
+            # Keyword candidates of relevance search: search_vector @@ tsquery.
+            GinIndex(fields=["search_vector"], name="memory_search_vector_gin"),
+            # Similarity candidates of large users' searches: ORDER BY embedding <=> query.
+            HnswIndex(
+                name="memory_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
+            # `pinned=true` lists and the pinned preload strategy.
+            models.Index(
+                fields=["account", "namespace", "user_id", "-created_at"],
+                name="memory_user_pinned",
+                condition=Q(pinned=True),
+            ),
+            # The important preload strategy: importance above 0.7.
+            models.Index(
+                fields=["account", "namespace", "user_id", "-importance"],
+                name="memory_user_important",
+                condition=Q(importance__gt=0.7),
+            ),
+            # The background embedder's queue: rows still waiting for a vector.
+            models.Index(fields=["created_at"], name="memory_pending_embedding", condition=Q(embedding__isnull=True)),
+            # The expiry sweep: rows with an expiry, soonest first.
+            models.Index(fields=["expires_at"], name="memory_expiring", condition=Q(expires_at__isnull=False)),
+        ]
+
+    def __str__(self) -> str:
+        return self.content[:80]
+
+
+class HistoryAction(models.TextChoices):
+    CREATE = "create", "Created"
+    UPDATE = "update", "Updated"
+    MERGE = "merge", "Merged a duplicate"
+    DELETE = "delete", "Deleted"
+
+
+class MemoryHistory(models.Model):
+    """Every change to a memory. Kept after the memory is deleted, hence no FK constraint."""
+
+    memory = models.ForeignKey(
+        Memory, on_delete=models.DO_NOTHING, db_constraint=False, related_name="history", related_query_name="history"
+    )
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    action = models.CharField(max_length=20, choices=HistoryAction.choices)
+    old_content = models.TextField(null=True, blank=True)
+    new_content = models.TextField(null=True, blank=True)
+    # Every other changed field: {"field": [old, new]}.
+    changes = models.JSONField(default=dict, blank=True)
+    # Who: "api:<key name>", "admin:<username>" or "system:<job>".
+    actor = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "memory history"
+        indexes: ClassVar = [
+            # A memory's history, oldest first.
+            models.Index(fields=["memory", "created_at"], name="history_memory_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.memory_id} at {self.created_at:%Y-%m-%d %H:%M:%S}"

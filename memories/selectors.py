@@ -1,0 +1,278 @@
+"""Reads of memories: get, list, history and relevance search.
+
+Every function takes the caller's account and filters by it first: another
+account's memory is never found, so the API answers 404 for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.contrib.postgres.search import SearchQuery, SearchRank
+from django.db import connection, transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+from pgvector.django import CosineDistance
+
+from memories.embedding import embed_query
+from memories.models import (
+    DISCRETE_KINDS,
+    TEXT_SEARCH_CONFIG,
+    Account,
+    Memory,
+    MemoryHistory,
+)
+from memories.ranking import Score, score
+
+# Columns a reader needs: the vector and the tsvector stay in the database.
+_LIST_DEFER = ("embedding", "search_vector")
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MemoryFilters:
+    user_id: str
+    namespace: str = "default"
+    kinds: Sequence[str] = ()
+    category: str | None = None
+    tags_any: Sequence[str] = ()
+    tags_all: Sequence[str] = ()
+    # Containment: every key of this object must be in the memory's metadata with this value.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    pinned: bool | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def expand_kinds(kinds: Sequence[str]) -> list[str]:
+    """`discrete` stands for the hierarchy's single statements: fact, preference, event."""
+    expanded: list[str] = []
+    for kind in kinds:
+        expanded += [str(k) for k in DISCRETE_KINDS] if kind == "discrete" else [kind]
+    return list(dict.fromkeys(expanded))
+
+
+def _live(account: Account) -> QuerySet[Memory]:
+    """The account's memories that have not expired."""
+    return Memory.objects.filter(account=account).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+
+
+def _filtered(account: Account, filters: MemoryFilters) -> QuerySet[Memory]:
+    queryset = _live(account).filter(namespace=filters.namespace, user_id=filters.user_id)
+    if filters.kinds:
+        queryset = queryset.filter(kind__in=expand_kinds(filters.kinds))
+    if filters.category is not None:
+        queryset = queryset.filter(category=filters.category)
+    if filters.tags_any:
+        queryset = queryset.filter(tags__overlap=list(filters.tags_any))
+    if filters.tags_all:
+        queryset = queryset.filter(tags__contains=list(filters.tags_all))
+    if filters.metadata:
+        queryset = queryset.filter(metadata__contains=dict(filters.metadata))
+    if filters.pinned is not None:
+        queryset = queryset.filter(pinned=filters.pinned)
+    if filters.since is not None:
+        queryset = queryset.filter(created_at__gte=filters.since)
+    if filters.until is not None:
+        queryset = queryset.filter(created_at__lt=filters.until)
+    return queryset
+
+
+def memory_get(*, account: Account, memory_id: uuid.UUID) -> Memory:
+    """One live memory of the account; Memory.DoesNotExist otherwise."""
+    return _live(account).defer(*_LIST_DEFER).get(pk=memory_id)
+
+
+# -- list -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Memory]
+    next_cursor: str | None
+
+
+def encode_cursor(memory: Memory) -> str:
+    raw = f"{memory.created_at.isoformat()}|{memory.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, memory_id = raw.split("|")
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+        return when, uuid.UUID(memory_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor("cursor is not one this API returned") from None
+
+
+def memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor: str | None = None) -> Page:
+    """Newest first; the cursor continues after the last item of the previous page
+    (keyset paging on (created_at, id), so pages stay stable under inserts)."""
+    queryset = _filtered(account, filters).defer(*_LIST_DEFER).order_by("-created_at", "-id")
+    if cursor:
+        created_at, memory_id = decode_cursor(cursor)
+        queryset = queryset.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=memory_id))
+    items = list(queryset[: limit + 1])
+    next_cursor = encode_cursor(items[limit - 1]) if len(items) > limit else None
+    return Page(items=items[:limit], next_cursor=next_cursor)
+
+
+def memory_history(*, account: Account, memory_id: uuid.UUID) -> list[MemoryHistory]:
+    """A memory's changes, oldest first; kept (and readable) after it is deleted."""
+    return list(MemoryHistory.objects.filter(account=account, memory_id=memory_id).order_by("created_at", "id"))
+
+
+# -- relevance search -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    memory: Memory
+    score: Score
+
+
+def _keyword_query(query: str) -> SearchQuery | None:
+    """Any of the query's words, stemmed: a question rarely repeats every word of the fact."""
+    words = [word for word in "".join(c if c.isalnum() else " " for c in query).split() if word]
+    if not words:
+        return None
+    combined = SearchQuery(words[0], search_type="plain", config=TEXT_SEARCH_CONFIG)
+    for word in words[1:]:
+        combined = combined | SearchQuery(word, search_type="plain", config=TEXT_SEARCH_CONFIG)
+    return combined
+
+
+def _uses_exact_search(scoped: QuerySet[Memory]) -> bool:
+    """Small users are searched exactly: pgvector's HNSW filters after the index
+    scan, so a per-user search through it can come back short."""
+    limit = settings.MEMORY["EXACT_SEARCH_MAX_ROWS"]
+    return scoped.filter(embedding__isnull=False).values("id")[: limit + 1].count() <= limit
+
+
+def memory_search(
+    *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float = 0.0
+) -> list[SearchHit]:
+    """The user's memories most relevant to the query, best first, each with its score's parts.
+
+    Candidates are the nearest by vector and the best by keyword match; all are
+    scored by memories.ranking. One round trip after the size check: the
+    candidate queries run as CTEs of the query that fetches the rows.
+    """
+    vector = embed_query(query)
+    scoped = _filtered(account, filters)
+    candidates = max(settings.MEMORY["SEARCH_CANDIDATES"], limit)
+    exact = _uses_exact_search(scoped)
+
+    distance = CosineDistance("embedding", vector)
+    by_vector = scoped.filter(embedding__isnull=False).annotate(distance=distance).order_by("distance").values("id")
+    vector_sql, vector_params = by_vector[:candidates].query.sql_with_params()
+    if exact:
+        # MATERIALIZED keeps the planner from trading the user's B-tree for the
+        # HNSW scan: every row of the user is compared, so recall is 1.0.
+        rows_sql, rows_params = scoped.filter(embedding__isnull=False).values("id", "embedding").query.sql_with_params()
+        ctes = [
+            f"scoped AS MATERIALIZED ({rows_sql})",
+            "by_vector AS (SELECT id FROM scoped ORDER BY embedding <=> %s::vector LIMIT %s)",
+        ]
+        params: list[Any] = [*rows_params, _vector_literal(vector), candidates]
+    else:
+        ctes = [f"by_vector AS ({vector_sql})"]
+        params = list(vector_params)
+
+    keyword = _keyword_query(query)
+    if keyword is not None:
+        by_keyword = (
+            scoped.filter(search_vector=keyword)
+            .annotate(rank=SearchRank(F("search_vector"), keyword, cover_density=True))
+            .order_by("-rank")
+            .values("id")
+        )
+        keyword_sql, keyword_params = by_keyword[:candidates].query.sql_with_params()
+        ctes.append(f"by_keyword AS ({keyword_sql})")
+        params += keyword_params
+        rank_sql = "ts_rank_cd(m.search_vector, q.tsq, 32)"
+        tsq_sql, tsq_params = _compile(keyword)
+    else:
+        ctes.append("by_keyword AS (SELECT NULL::uuid AS id WHERE false)")
+        rank_sql = "0.0"
+        tsq_sql, tsq_params = "NULL::tsquery", []
+    columns = ", ".join(
+        f"m.{f.column}" for f in Memory._meta.concrete_fields if f.name not in _LIST_DEFER and not f.generated
+    )
+    sql = f"""
+        WITH {", ".join(ctes)}, q AS (SELECT {tsq_sql} AS tsq)
+        SELECT {columns},
+               1 - (m.embedding <=> %s::vector) AS similarity,
+               COALESCE({rank_sql}, 0.0) AS keyword
+        FROM memories_memory m CROSS JOIN q
+        WHERE m.id IN (SELECT id FROM by_vector UNION SELECT id FROM by_keyword)
+    """
+    params += [*tsq_params, _vector_literal(vector)]
+    with transaction.atomic():
+        if not exact:
+            _configure_hnsw()
+        rows = list(Memory.objects.raw(sql, params))
+    now = timezone.now()
+    weights = settings.MEMORY["WEIGHTS"]
+    half_life = settings.MEMORY["RECENCY_HALF_LIFE_DAYS"]
+    hits = [
+        SearchHit(
+            memory=row,
+            score=score(
+                similarity=row.similarity,  # type: ignore[attr-defined]
+                keyword=float(row.keyword),  # type: ignore[attr-defined]
+                updated_at=row.updated_at,
+                importance=row.importance,
+                access_count=row.access_count,
+                pinned=row.pinned,
+                now=now,
+                weights=weights,
+                half_life_days=half_life,
+            ),
+        )
+        for row in rows
+    ]
+    hits = [hit for hit in hits if hit.score.total >= min_score]
+    hits.sort(key=lambda hit: (-hit.score.total, str(hit.memory.id)))
+    return hits[:limit]
+
+
+def _vector_literal(vector: np.ndarray) -> str:
+    return "[" + ",".join(f"{value:.7g}" for value in vector.tolist()) + "]"
+
+
+def _compile(expression: SearchQuery) -> tuple[str, list[Any]]:
+    """SQL of a search query expression, outside of any queryset."""
+    from django.db.models.sql import Query
+
+    compiler = Query(Memory).get_compiler(connection=connection)
+    sql, params = expression.resolve_expression(Query(Memory)).as_sql(compiler, connection)
+    return sql, list(params)
+
+
+def _configure_hnsw() -> None:
+    """Iterative index scans keep going until enough rows pass the filters
+    (pgvector 0.8), bounded so a rare filter cannot scan the whole index."""
+    ef_search = int(settings.MEMORY["HNSW_EF_SEARCH"])
+    max_tuples = int(settings.MEMORY["HNSW_MAX_SCAN_TUPLES"])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SET LOCAL hnsw.iterative_scan = relaxed_order; "
+            f"SET LOCAL hnsw.ef_search = {ef_search}; "
+            f"SET LOCAL hnsw.max_scan_tuples = {max_tuples}"
+        )

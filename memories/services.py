@@ -1,0 +1,323 @@
+"""Writes to memories. Every change goes through here so that it is embedded,
+deduplicated, recorded in MemoryHistory, and (later) invalidated in the cache.
+
+Embedding happens before the transaction opens: a model call never holds
+row locks, and a provider failure changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from memories.embedding import get_embedder
+from memories.models import Account, HistoryAction, Memory, MemoryHistory, MemoryKind, content_hash
+
+# Fields a client may change; the rest (counters, vectors, hashes) belong to the service.
+UPDATABLE_FIELDS = ("content", "kind", "category", "key", "tags", "metadata", "importance", "pinned", "expires_at")
+
+
+class KeyConflict(Exception):
+    """The change would give a memory the (category, key) another memory of the user has."""
+
+
+@dataclass(frozen=True)
+class MemoryInput:
+    """One memory to store, already validated by the API's serializer."""
+
+    user_id: str
+    content: str
+    namespace: str = "default"
+    kind: str = MemoryKind.FACT
+    category: str = ""
+    key: str | None = None
+    tags: Sequence[str] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    importance: float = 0.5
+    pinned: bool = False
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    memory: Memory
+    # False when the input updated an existing memory: same key, or a duplicate.
+    created: bool
+    # Why an existing memory was updated: "key", "duplicate", or "" when created.
+    matched_by: str = ""
+
+
+def _history(memory: Memory, *, action: str, actor: str, old: str | None, changes: dict[str, Any]) -> MemoryHistory:
+    return MemoryHistory(
+        memory_id=memory.id,
+        account_id=memory.account_id,
+        action=action,
+        old_content=old,
+        new_content=None if action == HistoryAction.DELETE else memory.content,
+        changes=changes,
+        actor=actor,
+    )
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _apply(memory: Memory, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Set the values that differ; return {"field": [old, new]} of what changed."""
+    changes: dict[str, Any] = {}
+    for name, value in values.items():
+        new = list(value) if name == "tags" else value
+        old = getattr(memory, name)
+        if old != new:
+            changes[name] = [_json_value(old), _json_value(new)]
+            setattr(memory, name, new)
+    return changes
+
+
+def _input_values(item: MemoryInput) -> dict[str, Any]:
+    return {
+        "content": item.content,
+        "kind": item.kind,
+        "category": item.category,
+        "key": item.key,
+        "tags": list(item.tags),
+        "metadata": dict(item.metadata),
+        "importance": item.importance,
+        "pinned": item.pinned,
+        "expires_at": item.expires_at,
+    }
+
+
+def _merge_duplicate(existing: Memory, item: MemoryInput) -> dict[str, Any]:
+    """A near-identical memory was stored again: keep one, with the newer wording
+    and the union of what both said about it."""
+    return {
+        "content": item.content,
+        "tags": list(dict.fromkeys([*existing.tags, *item.tags])),
+        "metadata": {**existing.metadata, **item.metadata},
+        "importance": max(existing.importance, item.importance),
+        "pinned": existing.pinned or item.pinned,
+        "expires_at": None if existing.expires_at is None or item.expires_at is None else item.expires_at,
+    }
+
+
+def _find_matches(
+    *, account: Account, items: Sequence[MemoryInput], vectors: np.ndarray
+) -> list[tuple[Memory, str] | None]:
+    """For each item, the existing memory it should update, and why.
+
+    One query for the whole batch: a keyed item matches its (user, category,
+    key); any other matches the same user's most similar memory of the same
+    kind when that is at least DUPLICATE_SIMILARITY alike, or has the same
+    normalised content (rows still waiting for their vector match that way).
+    Rows are locked so two writers cannot both decide to insert.
+    """
+    if not items:
+        return []
+    threshold = settings.MEMORY["DUPLICATE_SIMILARITY"]
+    rows = [
+        (
+            index,
+            item.namespace,
+            item.user_id,
+            item.kind,
+            item.category,
+            item.key,
+            content_hash(item.content),
+            vectors[index].tolist(),
+        )
+        for index, item in enumerate(items)
+    ]
+    placeholders = ", ".join(["(%s::int, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::vector)"] * len(rows))
+    params: list[Any] = [value for row in rows for value in row]
+    sql = f"""
+        WITH input(idx, namespace, user_id, kind, category, key, hash, embedding) AS (VALUES {placeholders})
+        SELECT input.idx, match.id, match.reason
+        FROM input
+        CROSS JOIN LATERAL (
+            SELECT m.id, 'key' AS reason, 0 AS rank FROM memories_memory m
+            WHERE input.key IS NOT NULL AND m.account_id = %s AND m.namespace = input.namespace
+              AND m.user_id = input.user_id AND m.category = input.category AND m.key = input.key
+            UNION ALL
+            SELECT m.id, 'duplicate', 1 FROM memories_memory m
+            WHERE input.key IS NULL AND m.account_id = %s AND m.namespace = input.namespace
+              AND m.user_id = input.user_id AND m.content_hash = input.hash AND m.key IS NULL
+            UNION ALL
+            (SELECT m.id, 'duplicate', 2 FROM memories_memory m
+             WHERE input.key IS NULL AND m.account_id = %s AND m.namespace = input.namespace
+               AND m.user_id = input.user_id AND m.kind = input.kind AND m.key IS NULL
+               AND m.embedding IS NOT NULL AND 1 - (m.embedding <=> input.embedding) >= %s
+             ORDER BY m.embedding <=> input.embedding LIMIT 1)
+            ORDER BY rank LIMIT 1
+        ) AS match
+    """
+    params += [account.id, account.id, account.id, threshold]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = {idx: (memory_id, reason) for idx, memory_id, reason in cursor.fetchall()}
+    memories = Memory.objects.select_for_update().in_bulk([memory_id for memory_id, _ in found.values()])
+    return [
+        (memories[found[i][0]], found[i][1]) if i in found and found[i][0] in memories else None
+        for i in range(len(items))
+    ]
+
+
+def _dedupe_within(items: Sequence[MemoryInput], vectors: np.ndarray) -> list[int | None]:
+    """For each item, an earlier item of the same batch it duplicates, if any."""
+    threshold = settings.MEMORY["DUPLICATE_SIMILARITY"]
+    similarity = vectors @ vectors.T if len(items) else np.zeros((0, 0))
+    earlier: list[int | None] = []
+    for i, item in enumerate(items):
+        match = None
+        for j in range(i):
+            other = items[j]
+            same_slot = (other.namespace, other.user_id) == (item.namespace, item.user_id)
+            if not same_slot:
+                continue
+            if item.key is not None:
+                if (other.category, other.key) == (item.category, item.key):
+                    match = j
+            elif other.key is None and other.kind == item.kind and similarity[i, j] >= threshold:
+                match = j
+        earlier.append(match)
+    return earlier
+
+
+def _write(*, account: Account, items: Sequence[MemoryInput], vectors: np.ndarray, actor: str) -> list[WriteResult]:
+    model_name = get_embedder().model_name
+    now = timezone.now()
+    matches = _find_matches(account=account, items=items, vectors=vectors)
+    within = _dedupe_within(items, vectors)
+    results: list[WriteResult | None] = [None] * len(items)
+    to_create: list[Memory] = []
+    to_update: dict[Any, Memory] = {}
+    history: list[MemoryHistory] = []
+    for index, item in enumerate(items):
+        earlier = within[index]
+        target: tuple[Memory, str] | None = matches[index]
+        if earlier is not None:
+            earlier_result = results[earlier]
+            assert earlier_result is not None
+            target = (earlier_result.memory, "key" if item.key is not None else "duplicate")
+        if target is None:
+            memory = Memory(
+                account=account,
+                namespace=item.namespace,
+                user_id=item.user_id,
+                content_hash=content_hash(item.content),
+                embedding=vectors[index],
+                embedding_model=model_name,
+                created_at=now,
+                updated_at=now,
+                **_input_values(item),
+            )
+            to_create.append(memory)
+            results[index] = WriteResult(memory=memory, created=True)
+            history.append(_history(memory, action=HistoryAction.CREATE, actor=actor, old=None, changes={}))
+            continue
+        memory, reason = target
+        old_content = memory.content
+        values = _input_values(item) if reason == "key" else _merge_duplicate(memory, item)
+        changes = _apply(memory, values)
+        if changes:
+            memory.content_hash = content_hash(memory.content)
+            memory.embedding = vectors[index]
+            memory.embedding_model = model_name
+            memory.updated_at = now
+            if memory.id not in {m.id for m in to_create}:
+                to_update[memory.id] = memory
+            content_change = changes.pop("content", None)
+            action = HistoryAction.UPDATE if reason == "key" else HistoryAction.MERGE
+            history.append(
+                _history(memory, action=action, actor=actor, old=old_content if content_change else None, changes=changes)
+            )
+        results[index] = WriteResult(memory=memory, created=False, matched_by=reason)
+    Memory.objects.bulk_create(to_create)
+    if to_update:
+        Memory.objects.bulk_update(
+            list(to_update.values()), [*UPDATABLE_FIELDS, "content_hash", "embedding", "embedding_model", "updated_at"]
+        )
+    MemoryHistory.objects.bulk_create(history)
+    return [result for result in results if result is not None]
+
+
+def memory_batch_create(*, account: Account, items: Sequence[MemoryInput], actor: str) -> list[WriteResult]:
+    """Store many memories: one embedding call, one transaction, all or nothing.
+
+    Items that match an existing memory (same key, or a near-duplicate)
+    update it instead of adding a twin; results come back in input order.
+    """
+    vectors = get_embedder().embed([item.content for item in items])
+    # A concurrent writer can insert the same key between our check and our
+    # insert; the unique constraint catches it, and the second try sees its row.
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                return _write(account=account, items=items, vectors=vectors, actor=actor)
+        except IntegrityError:
+            if attempt == 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def memory_create(*, account: Account, item: MemoryInput, actor: str) -> WriteResult:
+    """Store one memory (or update the one it duplicates or whose key it has)."""
+    return memory_batch_create(account=account, items=[item], actor=actor)[0]
+
+
+def memory_update(*, memory: Memory, changes: Mapping[str, Any], actor: str) -> Memory:
+    """Change some fields of a memory; a content change re-embeds it."""
+    unknown = set(changes) - set(UPDATABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    vector = None
+    if "content" in changes and changes["content"] != memory.content:
+        vector = get_embedder().embed([changes["content"]])[0]
+    with transaction.atomic():
+        locked = Memory.objects.select_for_update().get(pk=memory.pk)
+        old_content = locked.content
+        applied = _apply(locked, changes)
+        if not applied:
+            return locked
+        fields = [*applied, "updated_at"]
+        if "content" in applied:
+            locked.content_hash = content_hash(locked.content)
+            if vector is None:  # content changed again since we embedded: embed what is stored now
+                vector = get_embedder().embed([locked.content])[0]
+            locked.embedding = vector
+            locked.embedding_model = get_embedder().model_name
+            fields += ["content_hash", "embedding", "embedding_model"]
+        locked.updated_at = timezone.now()
+        try:
+            with transaction.atomic():
+                locked.save(update_fields=fields)
+        except IntegrityError:
+            raise KeyConflict(
+                f"Another memory of this user already has category {locked.category!r} and key {locked.key!r}."
+            ) from None
+        content_change = applied.pop("content", None)
+        _history(
+            locked, action=HistoryAction.UPDATE, actor=actor, old=old_content if content_change else None, changes=applied
+        ).save()
+    return locked
+
+
+def memory_delete(*, memory: Memory, actor: str) -> None:
+    """Delete a memory; its history stays, ending with the deletion."""
+    with transaction.atomic():
+        MemoryHistory.objects.bulk_create(
+            [_history(memory, action=HistoryAction.DELETE, actor=actor, old=memory.content, changes={})]
+        )
+        Memory.objects.filter(pk=memory.pk).delete()

