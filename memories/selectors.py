@@ -164,53 +164,53 @@ def _uses_exact_search(scoped: QuerySet[Memory]) -> bool:
     return scoped.filter(embedding__isnull=False).values("id")[: limit + 1].count() <= limit
 
 
-def memory_search(
-    *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float = 0.0
-) -> list[SearchHit]:
-    """The user's memories most relevant to the query, best first, each with its score's parts.
+@dataclass(frozen=True)
+class SearchQuerySQL:
+    sql: str
+    params: list[Any]
+    # True: the user's rows are compared exhaustively; False: through the HNSW index.
+    exact: bool
 
-    Candidates are the nearest by vector and the best by keyword match; all are
-    scored by memories.ranking. One round trip after the size check: the
-    candidate queries run as CTEs of the query that fetches the rows.
-    """
-    vector = embed_query(query)
+
+def search_sql(*, account: Account, filters: MemoryFilters, query: str, vector: np.ndarray, limit: int) -> SearchQuerySQL:
+    """The one query of a search: candidates nearest by vector and best by
+    keyword match, as CTEs of the query that fetches their rows and scores."""
     scoped = _filtered(account, filters)
     candidates = max(settings.MEMORY["SEARCH_CANDIDATES"], limit)
     exact = _uses_exact_search(scoped)
-
-    distance = CosineDistance("embedding", vector)
-    by_vector = scoped.filter(embedding__isnull=False).annotate(distance=distance).order_by("distance").values("id")
-    vector_sql, vector_params = by_vector[:candidates].query.sql_with_params()
+    embedded = scoped.filter(embedding__isnull=False)
     if exact:
         # MATERIALIZED keeps the planner from trading the user's B-tree for the
         # HNSW scan: every row of the user is compared, so recall is 1.0.
-        rows_sql, rows_params = scoped.filter(embedding__isnull=False).values("id", "embedding").query.sql_with_params()
+        rows_sql, rows_params = embedded.values("id", "embedding").query.sql_with_params()
         ctes = [
             f"scoped AS MATERIALIZED ({rows_sql})",
             "by_vector AS (SELECT id FROM scoped ORDER BY embedding <=> %s::vector LIMIT %s)",
         ]
         params: list[Any] = [*rows_params, _vector_literal(vector), candidates]
     else:
+        nearest = embedded.annotate(distance=CosineDistance("embedding", vector)).order_by("distance").values("id")
+        vector_sql, vector_params = nearest[:candidates].query.sql_with_params()
         ctes = [f"by_vector AS ({vector_sql})"]
         params = list(vector_params)
 
     keyword = _keyword_query(query)
     if keyword is not None:
-        by_keyword = (
+        best = (
             scoped.filter(search_vector=keyword)
             .annotate(rank=SearchRank(F("search_vector"), keyword, cover_density=True))
             .order_by("-rank")
             .values("id")
         )
-        keyword_sql, keyword_params = by_keyword[:candidates].query.sql_with_params()
+        keyword_sql, keyword_params = best[:candidates].query.sql_with_params()
         ctes.append(f"by_keyword AS ({keyword_sql})")
         params += keyword_params
-        rank_sql = "ts_rank_cd(m.search_vector, q.tsq, 32)"
         tsq_sql, tsq_params = _compile(keyword)
+        # Normalisation 32 maps the rank into 0..1 as rank / (rank + 1).
+        rank_sql = "ts_rank_cd(m.search_vector, q.tsq, 32)"
     else:
         ctes.append("by_keyword AS (SELECT NULL::uuid AS id WHERE false)")
-        rank_sql = "0.0"
-        tsq_sql, tsq_params = "NULL::tsquery", []
+        tsq_sql, tsq_params, rank_sql = "NULL::tsquery", [], "0.0"
     columns = ", ".join(
         f"m.{f.column}" for f in Memory._meta.concrete_fields if f.name not in _LIST_DEFER and not f.generated
     )
@@ -223,10 +223,20 @@ def memory_search(
         WHERE m.id IN (SELECT id FROM by_vector UNION SELECT id FROM by_keyword)
     """
     params += [*tsq_params, _vector_literal(vector)]
+    return SearchQuerySQL(sql=sql, params=params, exact=exact)
+
+
+def memory_search(
+    *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float = 0.0
+) -> list[SearchHit]:
+    """The user's memories most relevant to the query, best first, each with its
+    score's parts (memories.ranking). Two round trips: the size check that picks
+    exact or HNSW search, and the search itself."""
+    search = search_sql(account=account, filters=filters, query=query, vector=embed_query(query), limit=limit)
     with transaction.atomic():
-        if not exact:
+        if not search.exact:
             _configure_hnsw()
-        rows = list(Memory.objects.raw(sql, params))
+        rows = list(Memory.objects.raw(search.sql, search.params))
     now = timezone.now()
     weights = settings.MEMORY["WEIGHTS"]
     half_life = settings.MEMORY["RECENCY_HALF_LIFE_DAYS"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import connection
+
 from memories.models import Account, ApiKey, Memory, content_hash
 
 
@@ -26,3 +28,37 @@ def make_memory(account: Account, content: str = "User prefers tea", *, user_id:
     return Memory.objects.create(
         account=account, user_id=user_id, content=content, content_hash=content_hash(content), **fields
     )
+
+
+def bulk_memories(account: Account, *, count: int, user_id: str | None = None, spread_users: int = 0) -> None:
+    """`count` rows with random unit vectors in one INSERT: for tests that need a
+    table big enough for the planner. The first `count - spread` rows go to
+    `user_id`; with spread_users, the rest go to users user0..userN.
+
+    The HNSW index is dropped for the load and rebuilt from its own definition
+    (a bulk build is many times faster than row-by-row inserts); inside the
+    test's transaction, so nothing outlives the test.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'memory_embedding_hnsw'")
+        (hnsw_definition,) = cursor.fetchone()
+        cursor.execute("DROP INDEX memory_embedding_hnsw")
+        # Django's foreign keys are deferred; CREATE INDEX refuses to run with checks pending.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(
+            """
+            INSERT INTO memories_memory (id, account_id, namespace, user_id, kind, category, content, content_hash,
+                tags, metadata, importance, pinned, access_count, created_at, updated_at, embedding, embedding_model)
+            SELECT gen_random_uuid(), %(account)s, 'default',
+                CASE WHEN %(spread)s = 0 OR g %% 2 = 0 THEN %(user)s ELSE 'user' || (g %% GREATEST(%(spread)s, 1)) END,
+                'fact', '', 'memory number ' || g, md5(g::text), ARRAY['t' || (g %% 10)],
+                jsonb_build_object('n', g %% 7), random(), g %% 50 = 0, 0, now() - g * interval '1 minute', now(),
+                (SELECT l2_normalize(array_agg(random() - 0.5)::vector) FROM generate_series(1, 384) WHERE g > 0),
+                'all-MiniLM-L6-v2'
+            FROM generate_series(1, %(count)s) g
+            """,
+            {"account": account.id, "user": user_id or "bulk", "spread": spread_users, "count": count},
+        )
+        cursor.execute(hnsw_definition)
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+        cursor.execute("ANALYZE memories_memory")

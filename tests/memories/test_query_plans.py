@@ -1,0 +1,64 @@
+"""The hot queries use the named indexes (EXPLAIN on a table big enough for the planner to care)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+
+from memories import selectors
+from memories.embedding import embed_query
+from memories.models import Account
+from memories.selectors import MemoryFilters
+from tests.factories import AccountWithKey, bulk_memories
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def big_table(account: AccountWithKey) -> Account:
+    """6,000 rows: 3,000 of user "big", the rest spread over 100 users."""
+    bulk_memories(account.account, count=6_000, user_id="big", spread_users=100)
+    return account.account
+
+
+def _plan(sql: str, params: list[Any]) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {sql}", params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def test_list_queries_use_their_indexes(big_table: Account) -> None:
+    page = selectors._filtered(big_table, MemoryFilters(user_id="user7")).order_by("-created_at", "-id")[:51]
+    pinned = selectors._filtered(big_table, MemoryFilters(user_id="big", pinned=True)).order_by("-created_at")[:51]
+
+    assert "memory_user_created" in page.explain()
+    assert "memory_user_pinned" in pinned.explain()
+
+
+def test_search_paths_use_their_indexes(big_table: Account, settings: Any) -> None:
+    settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 1_000}
+    vector = embed_query("window seat")
+
+    small = selectors.search_sql(
+        account=big_table, filters=MemoryFilters(user_id="user7"), query="window seat", vector=vector, limit=10
+    )
+    large = selectors.search_sql(
+        account=big_table, filters=MemoryFilters(user_id="big"), query="window seat", vector=vector, limit=10
+    )
+    small_plan = _plan(small.sql, small.params)
+    with transaction.atomic():
+        selectors._configure_hnsw()
+        large_plan = _plan(large.sql, large.params)
+
+    # A small user: the B-tree on (account, namespace, user_id, ...) finds the rows, all are compared.
+    assert small.exact
+    assert re.search(r"Index Scan using memory_(user_\w+|unique_key)", small_plan), small_plan
+    assert "memory_embedding_hnsw" not in small_plan
+    # Keyword candidates come from the full-text GIN index or the user's B-tree, never a table scan.
+    assert "Seq Scan on memories_memory" not in small_plan
+    # A large user: the HNSW index, with iterative scans.
+    assert not large.exact
+    assert "memory_embedding_hnsw" in large_plan

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from memories import selectors
+from memories.embedding import get_embedder
+from memories.models import Memory, content_hash
+from memories.selectors import MemoryFilters
+from tests.factories import AccountWithKey, bulk_memories
+
+pytestmark = pytest.mark.django_db
+
+FACTS = [
+    "I always book a window seat when I fly",
+    "User is vegetarian and avoids fish",
+    "User's daughter plays the violin",
+    "User works as a nurse on night shifts",
+    "User is learning Japanese for a trip to Kyoto",
+    "User prefers emails over phone calls",
+]
+
+
+def _store(api: APIClient, content: str, user_id: str = "u1", **fields: Any) -> str:
+    response = api.post("/memory/memories", {"user_id": user_id, "content": content, **fields}, format="json")
+    assert response.status_code == 201, response.json()
+    memory_id: str = response.json()["id"]
+    return memory_id
+
+
+def test_seat_question_finds_the_seat_memory_and_never_another_users(api: APIClient) -> None:
+    for fact in FACTS:
+        _store(api, fact, user_id="alice")
+    _store(api, "My cat is called Miso", user_id="bob")
+
+    response = api.get("/memory/relevant", {"user_id": "alice", "query": "where does she like to sit on planes"})
+
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results[0]["content"] == "I always book a window seat when I fly"
+    assert all(hit["user_id"] == "alice" for hit in results)
+    assert "My cat is called Miso" not in {hit["content"] for hit in results}
+
+
+def test_each_hit_has_its_score_and_parts(api: APIClient) -> None:
+    _store(api, "User is vegetarian and avoids fish", importance=0.9, pinned=True)
+
+    hit = api.post("/memory/relevant", {"user_id": "u1", "query": "vegetarian food"}, format="json").json()["results"][0]
+
+    assert set(hit["score_parts"]) == {"similarity", "keyword", "recency", "importance", "frequency", "pinned"}
+    assert hit["score_parts"]["pinned"] == 1.0
+    assert hit["score_parts"]["importance"] == 0.9
+    assert hit["score_parts"]["keyword"] > 0
+    assert 0 < hit["score"] <= 1
+
+
+def test_min_score_and_limit(api: APIClient) -> None:
+    for fact in FACTS:
+        _store(api, fact)
+
+    limited = api.get("/memory/relevant", {"user_id": "u1", "query": "flying", "limit": 2}).json()["results"]
+    strict = api.get("/memory/relevant", {"user_id": "u1", "query": "flying", "min_score": 0.99}).json()["results"]
+
+    assert len(limited) == 2
+    assert strict == []
+
+
+def test_filters_apply_to_search(api: APIClient) -> None:
+    _store(api, "User likes window seats", tags=["travel"])
+    _store(api, "User likes aisle seats on trains", tags=["rail"])
+
+    results = api.get("/memory/relevant", {"user_id": "u1", "query": "seats", "tags": "rail"}).json()["results"]
+
+    assert [hit["content"] for hit in results] == ["User likes aisle seats on trains"]
+
+
+def test_memory_without_vector_is_found_by_keyword(api: APIClient, account: AccountWithKey) -> None:
+    Memory.objects.create(
+        account=account.account, user_id="u1", content="Parking spot is B12", content_hash=content_hash("x")
+    )
+
+    results = api.get("/memory/relevant", {"user_id": "u1", "query": "parking"}).json()["results"]
+
+    assert [hit["content"] for hit in results] == ["Parking spot is B12"]
+    assert results[0]["score_parts"]["similarity"] == 0
+    assert results[0]["embedding"] is None
+
+
+@pytest.mark.parametrize("exact_max_rows", [10_000, 0], ids=["exact", "hnsw"])
+def test_both_search_paths_return_the_right_memory(
+    api: APIClient, account: AccountWithKey, settings: Any, exact_max_rows: int
+) -> None:
+    settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": exact_max_rows}
+    bulk_memories(account.account, count=2_000, user_id="u1")
+    target = _store(api, "I always book a window seat when I fly")
+
+    filters = MemoryFilters(user_id="u1")
+    hits = selectors.memory_search(account=account.account, filters=filters, query="window seat on planes", limit=5)
+
+    assert str(hits[0].memory.id) == target
+    assert selectors._uses_exact_search(selectors._filtered(account.account, filters)) is (exact_max_rows > 0)
+
+
+def test_hnsw_path_finds_a_small_users_memories_among_a_large_table(
+    api: APIClient, account: AccountWithKey, settings: Any
+) -> None:
+    """pgvector filters after the index scan: without iterative scans this user's
+    rows would be lost among the other user's nearer neighbours."""
+    settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 0}
+    bulk_memories(account.account, count=3_000, user_id="crowd")
+    wanted = {_store(api, fact, user_id="small") for fact in FACTS}
+
+    hits = selectors.memory_search(
+        account=account.account, filters=MemoryFilters(user_id="small"), query="something", limit=10
+    )
+
+    assert {str(hit.memory.id) for hit in hits} == wanted
+
+
+def test_query_embeddings_are_cached(api: APIClient) -> None:
+    _store(api, "User prefers tea")
+    embedder = get_embedder()
+    calls: list[int] = []
+    original = embedder.embed
+
+    def counting(texts: Any) -> Any:
+        calls.append(len(texts))
+        return original(texts)
+
+    embedder.embed = counting  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            api.get("/memory/relevant", {"user_id": "u1", "query": "a hot drink"})
+    finally:
+        embedder.embed = original  # type: ignore[method-assign]
+    assert calls == [1]
