@@ -31,9 +31,15 @@ class StrictSerializer(serializers.Serializer[Any]):
             raise serializers.ValidationError(
                 {"non_field_errors": [f"Expected a JSON object, got {type(data).__name__}."]}
             )
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        errors: dict[str, list[str]] = {name: ["Unknown field."] for name in sorted(set(data) - set(self.fields))}
+        # DRF's CharField turns 42 into "42"; a client sending a number where text belongs has a bug to hear about.
+        for name, value in data.items():
+            field = self.fields.get(name)
+            if type(field) in (serializers.CharField, serializers.RegexField) and value is not None:
+                if not isinstance(value, str):
+                    errors[name] = ["Must be a string."]
+        if errors:
+            raise serializers.ValidationError(errors)
         return super().to_internal_value(data)
 
 
@@ -141,8 +147,11 @@ class CommaListField(serializers.CharField):
     """`a,b,c` in a query string."""
 
     def to_internal_value(self, data: Any) -> list[str]:  # type: ignore[override]
-        text = super().to_internal_value(data)
-        return [item.strip() for item in text.split(",") if item.strip()]
+        # A JSON body may send a real list; a query string sends `a,b`.
+        items = data if isinstance(data, list) else super().to_internal_value(data).split(",")
+        if not all(isinstance(item, str) for item in items):
+            raise serializers.ValidationError("Must be a list of strings.")
+        return [item.strip() for item in items if item.strip()]
 
 
 class KindListField(CommaListField):
