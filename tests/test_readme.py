@@ -1,0 +1,67 @@
+"""The README's walk-through runs as written, with curl, against a live server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from memories.models import Memory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _walkthrough() -> str:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- walkthrough:start -->\s*```bash\n(.*?)```\s*<!-- walkthrough:end -->", readme, re.S)
+    assert block, "README.md lost its walk-through markers"
+    return block.group(1)
+
+
+def _database_url() -> str:
+    """The test database, so that the script's manage.py command writes where the live server reads."""
+    params: dict[str, Any] = connection.get_connection_params()
+    host = params.get("host") or "localhost"
+    port = params.get("port") or 5432
+    user = params.get("user") or "postgres"
+    password = params.get("password") or ""
+    name = settings.DATABASES["default"]["NAME"]
+    if host.startswith("/"):
+        return f"postgresql://{user}:{password}@/{name}?host={host}&port={port}"
+    return f"postgresql://{user}:{password}@{host}:{port}/{name}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readme_walkthrough_runs_as_written(live_server: Any) -> None:
+    env = {
+        **os.environ,
+        "URL": live_server.url,
+        "DATABASE_URL": _database_url(),
+        "REDIS_URL": settings.CACHES["default"]["LOCATION"],
+        "SECRET_KEY": settings.SECRET_KEY,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", _walkthrough()],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in re.findall(r"^\{.*\}$", result.stdout.replace("}{", "}\n{"), re.M)]
+    search = next(answer for answer in answers if "query" in answer)
+    assert search["results"][0]["content"] == "I always book a window seat when I fly"
+    assert {hit["user_id"] for hit in search["results"]} == {"alice"}
+    assert Memory.objects.filter(user_id="alice").count() == 3
