@@ -85,9 +85,7 @@ class Session(models.Model):
 
     class Meta:
         constraints: ClassVar = [
-            models.UniqueConstraint(
-                fields=["account", "namespace", "external_id"], name="session_unique_external_id"
-            ),
+            models.UniqueConstraint(fields=["account", "namespace", "external_id"], name="session_unique_external_id"),
         ]
         indexes: ClassVar = [
             # A user's sessions, newest first (hierarchy and session pages).
@@ -125,7 +123,8 @@ class Memory(models.Model):
     kind = models.CharField(max_length=20, choices=MemoryKind.choices, default=MemoryKind.FACT)
     category = models.CharField(max_length=100, blank=True, default="")
     # With category, an upsert key: storing the same (user, category, key) again replaces the memory.
-    key = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "": unkeyed memories must not collide in the unique constraint.
+    key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     content = models.TextField()
     content_hash = models.CharField(max_length=64, editable=False)
     tags = ArrayField(models.CharField(max_length=100), default=list, blank=True)
@@ -156,9 +155,7 @@ class Memory(models.Model):
         ]
         indexes: ClassVar = [
             # List: a user's memories newest first, cursor on (created_at, id).
-            models.Index(
-                fields=["account", "namespace", "user_id", "-created_at", "-id"], name="memory_user_created"
-            ),
+            models.Index(fields=["account", "namespace", "user_id", "-created_at", "-id"], name="memory_user_created"),
             # List filtered by kind, newest first.
             models.Index(
                 fields=["account", "namespace", "user_id", "kind", "-created_at"], name="memory_user_kind_created"
@@ -218,8 +215,9 @@ class MemoryHistory(models.Model):
     )
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
     action = models.CharField(max_length=20, choices=HistoryAction.choices)
-    old_content = models.TextField(null=True, blank=True)
-    new_content = models.TextField(null=True, blank=True)
+    # NULL means "not part of this change", which "" (an empty content) cannot say.
+    old_content = models.TextField(null=True, blank=True)  # noqa: DJ001
+    new_content = models.TextField(null=True, blank=True)  # noqa: DJ001
     # Every other changed field: {"field": [old, new]}.
     changes = models.JSONField(default=dict, blank=True)
     # Who: "api:<key name>", "admin:<username>" or "system:<job>".

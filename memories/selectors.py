@@ -160,7 +160,7 @@ def _keyword_query(query: str) -> SearchQuery | None:
 def _uses_exact_search(scoped: QuerySet[Memory]) -> bool:
     """Small users are searched exactly: pgvector's HNSW filters after the index
     scan, so a per-user search through it can come back short."""
-    limit = settings.MEMORY["EXACT_SEARCH_MAX_ROWS"]
+    limit = int(settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
     return scoped.filter(embedding__isnull=False).values("id")[: limit + 1].count() <= limit
 
 
@@ -172,7 +172,9 @@ class SearchQuerySQL:
     exact: bool
 
 
-def search_sql(*, account: Account, filters: MemoryFilters, query: str, vector: np.ndarray, limit: int) -> SearchQuerySQL:
+def search_sql(
+    *, account: Account, filters: MemoryFilters, query: str, vector: np.ndarray, limit: int
+) -> SearchQuerySQL:
     """The one query of a search: candidates nearest by vector and best by
     keyword match, as CTEs of the query that fetches their rows and scores."""
     scoped = _filtered(account, filters)

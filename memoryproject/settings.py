@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -88,6 +89,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "django_prometheus",
     "memories",
@@ -156,7 +158,9 @@ REDIS_URL = REDIS_URL or "redis://localhost:6379/0"
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
     if not EMBEDDED:
-        raise ImproperlyConfigured("SECRET_KEY must be set: generate one with `python -c 'import secrets; print(secrets.token_urlsafe(50))'`")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set: generate one with `python -c 'import secrets; print(secrets.token_urlsafe(50))'`"
+        )
     from memoryproject import embedded
 
     SECRET_KEY = embedded.secret_key()
@@ -213,11 +217,13 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
 # -- memories -------------------------------------------------------------------
 
-MEMORY = {
+MEMORY: dict[str, Any] = {
     "MAX_CONTENT_CHARS": env_int("MEMORY_MAX_CONTENT_CHARS", 10_000, minimum=1),
     "MAX_BATCH_ITEMS": env_int("MEMORY_MAX_BATCH_ITEMS", 1_000, minimum=1),
     "MAX_TAGS": env_int("MEMORY_MAX_TAGS", 50, minimum=0),
@@ -246,7 +252,7 @@ MEMORY = {
     "RECENCY_HALF_LIFE_DAYS": env_float("MEMORY_RECENCY_HALF_LIFE_DAYS", 30.0, minimum=0.01),
 }
 
-EMBEDDING = {
+EMBEDDING: dict[str, Any] = {
     "PROVIDER": env_choice("EMBEDDING_PROVIDER", "local", {"local", "openai"}),
     # For the local provider the model is fixed (all-MiniLM-L6-v2); for an
     # OpenAI-compatible server it is whatever that server calls its model.

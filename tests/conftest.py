@@ -3,7 +3,6 @@ or those of DATABASE_URL / REDIS_URL) and the real embedding model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -30,9 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _clean_cache() -> Iterator[None]:
+def _clean_cache() -> None:
     cache.clear()
-    yield
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
-from memories.models import Memory, MemoryHistory, MemoryKind
+from memories.models import EMBEDDING_DIMENSIONS, Memory, MemoryHistory, MemoryKind
 from memories.selectors import MemoryFilters
 from memories.services import MemoryInput
 
@@ -35,9 +35,9 @@ class StrictSerializer(serializers.Serializer[Any]):
         # DRF's CharField turns 42 into "42"; a client sending a number where text belongs has a bug to hear about.
         for name, value in data.items():
             field = self.fields.get(name)
-            if type(field) in (serializers.CharField, serializers.RegexField) and value is not None:
-                if not isinstance(value, str):
-                    errors[name] = ["Must be a string."]
+            is_text = type(field) in (serializers.CharField, serializers.RegexField)
+            if is_text and value is not None and not isinstance(value, str):
+                errors[name] = ["Must be a string."]
         if errors:
             raise serializers.ValidationError(errors)
         return super().to_internal_value(data)
@@ -155,7 +155,7 @@ class CommaListField(serializers.CharField):
 
 
 class KindListField(CommaListField):
-    def to_internal_value(self, data: Any) -> list[str]:
+    def to_internal_value(self, data: Any) -> list[str]:  # type: ignore[override]
         kinds = super().to_internal_value(data)
         unknown = [kind for kind in kinds if kind not in KIND_FILTER_CHOICES]
         if unknown:
@@ -173,7 +173,7 @@ class MetadataQueryField(serializers.CharField):
             try:
                 value = json.loads(super().to_internal_value(data))
             except (ValueError, RecursionError):
-                raise serializers.ValidationError("Must be a JSON object, e.g. {\"topic\": \"travel\"}.") from None
+                raise serializers.ValidationError('Must be a JSON object, e.g. {"topic": "travel"}.') from None
         if not isinstance(value, dict):
             raise serializers.ValidationError("Must be a JSON object.")
         _check_json_value(value)
@@ -243,7 +243,7 @@ class EmbeddingInfoField(serializers.Field[Any, Any, Any, Any]):
         # The vector itself is never sent: clients need to know it exists and of what model.
         if not memory.embedding_model:
             return None
-        return {"model": memory.embedding_model, "dimensions": Memory._meta.get_field("embedding").dimensions}  # type: ignore[union-attr]
+        return {"model": memory.embedding_model, "dimensions": EMBEDDING_DIMENSIONS}
 
 
 class MemoryOutputSerializer(serializers.ModelSerializer[Memory]):

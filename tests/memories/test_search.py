@@ -47,7 +47,9 @@ def test_seat_question_finds_the_seat_memory_and_never_another_users(api: APICli
 def test_each_hit_has_its_score_and_parts(api: APIClient) -> None:
     _store(api, "User is vegetarian and avoids fish", importance=0.9, pinned=True)
 
-    hit = api.post("/memory/relevant", {"user_id": "u1", "query": "vegetarian food"}, format="json").json()["results"][0]
+    hit = api.post("/memory/relevant", {"user_id": "u1", "query": "vegetarian food"}, format="json").json()["results"][
+        0
+    ]
 
     assert set(hit["score_parts"]) == {"similarity", "keyword", "recency", "importance", "frequency", "pinned"}
     assert hit["score_parts"]["pinned"] == 1.0
@@ -60,8 +62,8 @@ def test_min_score_and_limit(api: APIClient) -> None:
     for fact in FACTS:
         _store(api, fact)
 
-    limited = api.get("/memory/relevant", {"user_id": "u1", "query": "flying", "limit": 2}).json()["results"]
-    strict = api.get("/memory/relevant", {"user_id": "u1", "query": "flying", "min_score": 0.99}).json()["results"]
+    limited = api.get("/memory/relevant", {"user_id": "u1", "query": "flying", "limit": "2"}).json()["results"]
+    strict = api.get("/memory/relevant", {"user_id": "u1", "query": "flying", "min_score": "0.99"}).json()["results"]
 
     assert len(limited) == 2
     assert strict == []

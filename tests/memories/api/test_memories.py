@@ -59,7 +59,8 @@ def test_content_change_reembeds(api: APIClient) -> None:
     before = Memory.objects.get(pk=created["id"]).embedding
     api.patch(f"/memory/memories/{created['id']}", {"content": "User owns a motorcycle"}, format="json")
     after = Memory.objects.get(pk=created["id"]).embedding
-    assert before is not None and after is not None
+    assert before is not None
+    assert after is not None
     assert float(np.dot(before, after)) < 0.9
 
 
@@ -166,9 +167,9 @@ def test_batch_with_one_bad_item_stores_nothing(api: APIClient) -> None:
 def test_list_is_newest_first_with_cursor_paging(api: APIClient) -> None:
     ids = [_store(api, f"Fact number {n} about a distinct topic {n * 7}")["id"] for n in range(5)]
 
-    first = api.get("/memory/memories", {"user_id": "u1", "limit": 2}).json()
-    second = api.get("/memory/memories", {"user_id": "u1", "limit": 2, "cursor": first["next_cursor"]}).json()
-    third = api.get("/memory/memories", {"user_id": "u1", "limit": 2, "cursor": second["next_cursor"]}).json()
+    first = api.get("/memory/memories", {"user_id": "u1", "limit": "2"}).json()
+    second = api.get("/memory/memories", {"user_id": "u1", "limit": "2", "cursor": str(first["next_cursor"])}).json()
+    third = api.get("/memory/memories", {"user_id": "u1", "limit": "2", "cursor": str(second["next_cursor"])}).json()
 
     seen = [m["id"] for page in (first, second, third) for m in page["results"]]
     assert seen == list(reversed(ids))
