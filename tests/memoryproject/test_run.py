@@ -1,0 +1,274 @@
+"""`make run` end to end: `python -m memoryproject.run` on a fresh data directory.
+
+It starts its own embedded PostgreSQL and Valkey (not the ones this test
+session uses), gunicorn and the django-q cluster; a second terminal works
+against the same data; Ctrl-C stops all of it; a restart reuses the
+credentials and is quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]  # no stubs in requirements/dev.txt
+import pytest
+
+pytestmark = pytest.mark.live_server_process
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+FIRST_START_TIMEOUT = 180.0  # initdb and every migration, on a slow CI machine
+RESTART_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# Straight to 127.0.0.1, whatever HTTP_PROXY says.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _request(url: str, key: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with _LOCAL.open(urllib.request.Request(url, headers=headers), timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def _processes_of(data_dir: Path) -> list[psutil.Process]:
+    """The embedded servers of this data directory (their command lines name it)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if any(str(data_dir) in part for part in cmdline):
+            found.append(process)
+    return found
+
+
+@dataclass
+class Run:
+    """One `python -m memoryproject.run` and what it printed."""
+
+    environ: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    children: list[psutil.Process] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.environ['PORT']}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "memoryproject.run"],
+                cwd=BASE_DIR,
+                env=self.environ,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_until_ready(self, timeout: float) -> float:
+        """Seconds until the banner (printed once /health answers)."""
+        assert self.process is not None
+        started = time.monotonic()
+        while "Ctrl-C to stop" not in self.log():
+            assert self.process.poll() is None, f"run exited with {self.process.returncode}:\n{self.log()}"
+            assert time.monotonic() - started < timeout, f"not ready after {timeout} s:\n{self.log()}"
+            time.sleep(0.2)
+        self.children = psutil.Process(self.process.pid).children(recursive=True)
+        assert len(self.children) >= 2, "gunicorn and qcluster"
+        return time.monotonic() - started
+
+    def interrupt(self) -> float:
+        """Ctrl-C; seconds until the process exited."""
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"run did not exit within {STOP_TIMEOUT} s of SIGINT:\n{self.log()}")
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        """After a failure: leave no process behind (Ctrl-C first, so that the servers stop too)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for child in self.children:
+            if child.is_running():
+                child.kill()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Under /tmp, whose short paths keep the Valkey socket inside the AF_UNIX limit.
+    path = Path(tempfile.mkdtemp(prefix="mp-run-"))
+    yield path
+    if _processes_of(path):
+        # A failed test left the servers running: attaching and exiting is
+        # what stops them (the last process attached stops the servers).
+        subprocess.run(
+            [sys.executable, "-c", "from memoryproject import embedded; embedded.attach(postgres=True, valkey=True)"],
+            cwd=BASE_DIR,
+            env={**os.environ, "MEMORYPROJECT_DATA_DIR": str(path)},
+            timeout=60,
+            check=False,
+        )
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def environ(data_dir: Path) -> dict[str, str]:
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "MEMORYPROJECT_EMBEDDED"}
+    }
+    environ.update(
+        MEMORYPROJECT_DATA_DIR=str(data_dir),
+        PORT=str(_free_port()),
+        WEB_CONCURRENCY="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return environ
+
+
+@pytest.fixture
+def runs(data_dir: Path) -> Iterator[list[Run]]:
+    # Depends on data_dir so that it is torn down first: the runs are stopped
+    # before data_dir's teardown looks for servers left running.
+    started: list[Run] = []
+    yield started
+    for run in started:
+        run.kill()
+
+
+def _new_run(runs: list[Run], environ: dict[str, str], tmp_path: Path) -> Run:
+    run = Run(environ=environ, log_path=tmp_path / f"run-{len(runs) + 1}.log")
+    runs.append(run)
+    run.start()
+    return run
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _assert_stopped(run: Run, data_dir: Path) -> None:
+    assert run.process is not None
+    assert run.process.returncode == 0, run.log()
+    alive = [child for child in run.children if _alive(child)]
+    assert not alive, f"children still running: {alive}"
+    assert not _processes_of(data_dir), "the embedded servers of the data directory are still running"
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+
+def test_make_run_serves_shares_and_stops(
+    runs: list[Run], environ: dict[str, str], data_dir: Path, tmp_path: Path
+) -> None:
+    run = _new_run(runs, environ, tmp_path)
+    run.wait_until_ready(FIRST_START_TIMEOUT)
+
+    credentials_path = data_dir / "credentials.json"
+    assert credentials_path.stat().st_mode & 0o777 == 0o600
+    credentials = json.loads(credentials_path.read_text())
+    assert credentials["username"] == "admin"
+    assert credentials["password"]
+    assert credentials["api_key"].startswith("mp_")
+    banner = run.log()
+    assert credentials["password"] in banner
+    assert credentials["api_key"] in banner
+    assert f"{run.url}/admin/" in banner
+
+    status, body = _request(f"{run.url}/ready")
+    assert (status, body["status"]) == (200, "ready"), body
+    status, schema = _request(f"{run.url}/api/schema/?format=json")
+    assert status == 200
+    assert schema["openapi"].startswith("3.")
+    # Static files come through gunicorn too: the admin has its CSS.
+    with _LOCAL.open(f"{run.url}/static/admin/css/base.css", timeout=10) as response:
+        assert response.status == 200
+
+    memories = f"{run.url}/memory/memories?user_id=probe"
+    assert _request(memories, credentials["api_key"])[0] == 200
+    assert _request(memories, "mp_not-a-key")[0] == 401
+
+    # A second terminal: attaches to the same servers, writes to the same
+    # database, and leaves the servers running when it exits.
+    second = subprocess.run(
+        [sys.executable, "manage.py", "create_api_key", "second"],
+        cwd=BASE_DIR,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert second.returncode == 0, second.stderr
+    second_key = second.stdout.strip()
+    assert second.stdout == second_key + "\n"
+    assert _request(memories, second_key)[0] == 200
+    assert _request(f"{run.url}/ready")[1]["status"] == "ready"
+
+    # A second `make run` while one is serving fails at once, and stops nothing.
+    duplicate = subprocess.run(
+        [sys.executable, "-m", "memoryproject.run"],
+        cwd=BASE_DIR,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert duplicate.returncode == 1
+    assert f"Port {environ['PORT']} is in use" in duplicate.stderr
+    assert _request(f"{run.url}/ready")[1]["status"] == "ready"
+
+    run.interrupt()
+    _assert_stopped(run, data_dir)
+
+    # The restart: nothing to migrate, the same credentials, ready in seconds.
+    restart = _new_run(runs, environ, tmp_path)
+    restart.wait_until_ready(RESTART_TIMEOUT)
+    assert json.loads(credentials_path.read_text()) == credentials
+    assert credentials["password"] in restart.log()
+    assert credentials["api_key"] in restart.log()
+    assert "Database: up to date" in restart.log()
+    assert _request(memories, second_key)[0] == 200
+
+    restart.interrupt()
+    _assert_stopped(restart, data_dir)
