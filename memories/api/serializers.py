@@ -9,10 +9,11 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from memories.models import EMBEDDING_DIMENSIONS, Memory, MemoryHistory, MemoryKind
-from memories.selectors import MemoryFilters
+from memories.selectors import MemoryFilters, SearchHit
 from memories.services import MemoryInput
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9_.\-]{1,100}$"
@@ -235,6 +236,12 @@ class SearchSerializer(FilterSerializer):
     min_score = FiniteFloatField(min_value=0.0, max_value=1.0, default=0.0)
 
 
+class EmbeddingInfoSerializer(serializers.Serializer[Any]):
+    model = serializers.CharField()
+    dimensions = serializers.IntegerField()
+
+
+@extend_schema_field(EmbeddingInfoSerializer(allow_null=True))
 class EmbeddingInfoField(serializers.Field[Any, Any, Any, Any]):
     def __init__(self) -> None:
         super().__init__(source="*", read_only=True)
@@ -280,3 +287,66 @@ class HistoryOutputSerializer(serializers.ModelSerializer[MemoryHistory]):
         model = MemoryHistory
         fields = ["action", "actor", "old_content", "new_content", "changes", "created_at"]
         read_only_fields = fields
+
+
+class MemoryPageSerializer(serializers.Serializer[Any]):
+    results = MemoryOutputSerializer(many=True)
+    next_cursor = serializers.CharField(
+        allow_null=True, help_text="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class BatchResultSerializer(serializers.Serializer[Any]):
+    created = serializers.BooleanField(help_text="False when the item updated an existing memory.")
+    matched_by = serializers.ChoiceField(choices=["key", "duplicate"], allow_null=True)
+    memory = MemoryOutputSerializer()
+
+
+class BatchOutputSerializer(serializers.Serializer[Any]):
+    created = serializers.IntegerField()
+    updated = serializers.IntegerField()
+    results = BatchResultSerializer(many=True, help_text="In the order of the request's items.")
+
+
+class ScorePartsSerializer(serializers.Serializer[Any]):
+    similarity = serializers.FloatField()
+    keyword = serializers.FloatField()
+    recency = serializers.FloatField()
+    importance = serializers.FloatField()
+    frequency = serializers.FloatField()
+    pinned = serializers.FloatField()
+
+
+class SearchHitSerializer(MemoryOutputSerializer):
+    """A memory with its relevance: the total and the parts it is blended from."""
+
+    score = serializers.FloatField(read_only=True)
+    score_parts = ScorePartsSerializer(read_only=True)
+
+    class Meta(MemoryOutputSerializer.Meta):
+        fields = [*MemoryOutputSerializer.Meta.fields, "score", "score_parts"]
+        read_only_fields = fields
+
+    def to_representation(self, instance: SearchHit) -> dict[str, Any]:  # type: ignore[override]
+        memory = MemoryOutputSerializer(instance.memory, context=self.context).data
+        return {**memory, "score": instance.score.total, "score_parts": instance.score.parts}
+
+
+class SearchOutputSerializer(serializers.Serializer[Any]):
+    query = serializers.CharField()
+    results = SearchHitSerializer(many=True)
+
+
+class HistoryPageSerializer(serializers.Serializer[Any]):
+    memory_id = serializers.UUIDField()
+    history = HistoryOutputSerializer(many=True)
+
+
+class ErrorDetailSerializer(serializers.Serializer[Any]):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(required=False, help_text="Per-field messages; for a batch, by item index.")
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    error = ErrorDetailSerializer()

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
@@ -19,11 +19,15 @@ from memories.api.auth import caller
 from memories.api.errors import PayloadTooLarge, error_response
 from memories.api.serializers import (
     BatchCreateSerializer,
-    HistoryOutputSerializer,
+    BatchOutputSerializer,
+    ErrorSerializer,
+    HistoryPageSerializer,
     ListQuerySerializer,
     MemoryCreateSerializer,
     MemoryOutputSerializer,
+    MemoryPageSerializer,
     MemoryUpdateSerializer,
+    SearchOutputSerializer,
     SearchSerializer,
 )
 from memories.models import Memory
@@ -42,7 +46,7 @@ def _get_memory(request: Request, memory_id: uuid.UUID) -> Memory:
 
 
 class MemoryCollectionView(APIView):
-    @extend_schema(parameters=[ListQuerySerializer], responses=MemoryOutputSerializer(many=True))
+    @extend_schema(operation_id="memories_list", parameters=[ListQuerySerializer], responses=MemoryPageSerializer)
     def get(self, request: Request) -> Response:
         params = ListQuerySerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
@@ -55,11 +59,13 @@ class MemoryCollectionView(APIView):
             )
         except selectors.InvalidCursor as error:
             raise serializers.ValidationError({"cursor": [str(error)]}) from None
-        return Response(
-            {"results": MemoryOutputSerializer(page.items, many=True).data, "next_cursor": page.next_cursor}
-        )
+        return Response(MemoryPageSerializer({"results": page.items, "next_cursor": page.next_cursor}).data)
 
-    @extend_schema(request=MemoryCreateSerializer, responses={201: MemoryOutputSerializer, 200: MemoryOutputSerializer})
+    @extend_schema(
+        operation_id="memory_create",
+        request=MemoryCreateSerializer,
+        responses={201: MemoryOutputSerializer, 200: MemoryOutputSerializer},
+    )
     def post(self, request: Request) -> Response:
         _reject_query_params(request)
         data = MemoryCreateSerializer(data=request.data)
@@ -74,7 +80,11 @@ class MemoryCollectionView(APIView):
 
 
 class MemoryBatchView(APIView):
-    @extend_schema(request=BatchCreateSerializer)
+    @extend_schema(
+        operation_id="memories_batch_create",
+        request=BatchCreateSerializer,
+        responses={201: BatchOutputSerializer, 400: ErrorSerializer, 413: ErrorSerializer},
+    )
     def post(self, request: Request) -> Response:
         _reject_query_params(request)
         envelope = BatchCreateSerializer(data=request.data)
@@ -96,30 +106,24 @@ class MemoryBatchView(APIView):
         results = services.memory_batch_create(
             account=who.account, items=[item.to_input() for item in items], actor=who.actor
         )
-        return Response(
-            {
-                "created": sum(result.created for result in results),
-                "updated": sum(not result.created for result in results),
-                "results": [
-                    {
-                        "created": result.created,
-                        "matched_by": result.matched_by or None,
-                        "memory": MemoryOutputSerializer(result.memory).data,
-                    }
-                    for result in results
-                ],
-            },
-            status=status.HTTP_201_CREATED,
-        )
+        body = {
+            "created": sum(result.created for result in results),
+            "updated": sum(not result.created for result in results),
+            "results": [
+                {"created": result.created, "matched_by": result.matched_by or None, "memory": result.memory}
+                for result in results
+            ],
+        }
+        return Response(BatchOutputSerializer(body).data, status=status.HTTP_201_CREATED)
 
 
 class MemoryDetailView(APIView):
-    @extend_schema(responses=MemoryOutputSerializer)
+    @extend_schema(operation_id="memory_get", responses=MemoryOutputSerializer)
     def get(self, request: Request, memory_id: uuid.UUID) -> Response:
         _reject_query_params(request)
         return Response(MemoryOutputSerializer(_get_memory(request, memory_id)).data)
 
-    @extend_schema(request=MemoryUpdateSerializer, responses=MemoryOutputSerializer)
+    @extend_schema(operation_id="memory_update", request=MemoryUpdateSerializer, responses=MemoryOutputSerializer)
     def patch(self, request: Request, memory_id: uuid.UUID) -> Response:
         _reject_query_params(request)
         memory = _get_memory(request, memory_id)
@@ -132,6 +136,7 @@ class MemoryDetailView(APIView):
             return error_response(status.HTTP_409_CONFLICT, "conflict", str(error))
         return Response(MemoryOutputSerializer(updated).data)
 
+    @extend_schema(operation_id="memory_delete", responses={204: None, 404: ErrorSerializer})
     def delete(self, request: Request, memory_id: uuid.UUID) -> Response:
         _reject_query_params(request)
         memory = _get_memory(request, memory_id)
@@ -140,13 +145,13 @@ class MemoryDetailView(APIView):
 
 
 class MemoryHistoryView(APIView):
-    @extend_schema(responses=HistoryOutputSerializer(many=True))
+    @extend_schema(operation_id="memory_history", responses={200: HistoryPageSerializer, 404: ErrorSerializer})
     def get(self, request: Request, memory_id: uuid.UUID) -> Response:
         _reject_query_params(request)
         history = selectors.memory_history(account=caller(request).account, memory_id=memory_id)
         if not history:
             raise NotFound("No such memory.")
-        return Response({"memory_id": str(memory_id), "history": HistoryOutputSerializer(history, many=True).data})
+        return Response(HistoryPageSerializer({"memory_id": memory_id, "history": history}).data)
 
 
 class RelevantView(APIView):
@@ -162,25 +167,21 @@ class RelevantView(APIView):
             limit=params.validated_data["limit"],
             min_score=params.validated_data["min_score"],
         )
-        return Response(
-            {
-                "query": params.validated_data["query"],
-                "results": [
-                    {
-                        **MemoryOutputSerializer(hit.memory).data,
-                        "score": hit.score.total,
-                        "score_parts": hit.score.parts,
-                    }
-                    for hit in hits
-                ],
-            }
-        )
+        return Response(SearchOutputSerializer({"query": params.validated_data["query"], "results": hits}).data)
 
-    @extend_schema(parameters=[OpenApiParameter("query", str, required=True), SearchSerializer])
+    @extend_schema(
+        operation_id="memories_relevant",
+        parameters=[SearchSerializer],
+        responses={200: SearchOutputSerializer, 400: ErrorSerializer},
+    )
     def get(self, request: Request) -> Response:
         return self._search(request, request.query_params)
 
-    @extend_schema(request=SearchSerializer)
+    @extend_schema(
+        operation_id="memories_relevant_post",
+        request=SearchSerializer,
+        responses={200: SearchOutputSerializer, 400: ErrorSerializer},
+    )
     def post(self, request: Request) -> Response:
         _reject_query_params(request)
         return self._search(request, request.data)
