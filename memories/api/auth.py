@@ -65,7 +65,7 @@ def caller(request: Request) -> Caller:
     return user
 
 
-class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     """Tells the OpenAPI schema (and /api/docs/'s Authorize button) about bearer keys."""
 
     target_class = ApiKeyAuthentication

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from memories.models import EMBEDDING_DIMENSIONS, Memory, MemoryHistory, MemoryKind
@@ -342,11 +342,15 @@ class HistoryPageSerializer(serializers.Serializer[Any]):
     history = HistoryOutputSerializer(many=True)
 
 
-class ErrorDetailSerializer(serializers.Serializer[Any]):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    fields = serializers.DictField(required=False, help_text="Per-field messages; for a batch, by item index.")
-
-
 class ErrorSerializer(serializers.Serializer[Any]):
-    error = ErrorDetailSerializer()
+    # Built inline: a field called `fields` cannot be declared on a serializer class.
+    error = inline_serializer(
+        name="ErrorDetail",
+        fields={
+            "code": serializers.CharField(),
+            "message": serializers.CharField(),
+            "fields": serializers.DictField(
+                required=False, help_text="Per-field messages; for a batch, by item index."
+            ),
+        },
+    )
