@@ -1,0 +1,75 @@
+"""A bad environment value stops start-up with a message naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from memoryproject import settings as project_settings
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@pytest.mark.parametrize(
+    ("helper", "raw", "expected"),
+    [
+        (lambda: project_settings.env_bool("X_TEST", False), "yes", True),
+        (lambda: project_settings.env_bool("X_TEST", True), "off", False),
+        (lambda: project_settings.env_int("X_TEST", 1, minimum=0), "42", 42),
+        (lambda: project_settings.env_float("X_TEST", 1.0, maximum=2.0), "1.5", 1.5),
+        (lambda: project_settings.env_list("X_TEST", []), "a, b,,c", ["a", "b", "c"]),
+        (lambda: project_settings.env_choice("X_TEST", "x", {"x", "y"}), "y", "y"),
+    ],
+)
+def test_helpers_read_good_values(monkeypatch: pytest.MonkeyPatch, helper: object, raw: str, expected: object) -> None:
+    monkeypatch.setenv("X_TEST", raw)
+    assert helper() == expected  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("helper", "raw"),
+    [
+        (lambda: project_settings.env_bool("X_TEST", False), "maybe"),
+        (lambda: project_settings.env_int("X_TEST", 1), "ten"),
+        (lambda: project_settings.env_int("X_TEST", 1, minimum=0), "-1"),
+        (lambda: project_settings.env_float("X_TEST", 1.0), "fast"),
+        (lambda: project_settings.env_float("X_TEST", 1.0, maximum=1.0), "1.1"),
+        (lambda: project_settings.env_choice("X_TEST", "x", {"x"}), "z"),
+    ],
+)
+def test_helpers_refuse_bad_values(monkeypatch: pytest.MonkeyPatch, helper: object, raw: str) -> None:
+    monkeypatch.setenv("X_TEST", raw)
+    with pytest.raises(ImproperlyConfigured, match="X_TEST"):
+        helper()  # type: ignore[operator]
+
+
+def _load_settings(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import memoryproject.settings"],
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if k != "SECRET_KEY"}, "MEMORYPROJECT_EMBEDDED": "off", **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SECRET_KEY": "x", "DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL must be a PostgreSQL URL"),
+        ({"SECRET_KEY": "x", "EMBEDDING_DIMENSIONS": "768"}, "EMBEDDING_DIMENSIONS must be 384"),
+        ({"SECRET_KEY": "x", "MEMORY_DUPLICATE_SIMILARITY": "2"}, "MEMORY_DUPLICATE_SIMILARITY"),
+        ({"DATABASE_URL": "postgresql://h/db", "REDIS_URL": "redis://h"}, "SECRET_KEY must be set"),
+    ],
+)
+def test_bad_configuration_stops_start_up(env: dict[str, str], message: str) -> None:
+    result = _load_settings(**env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert message in result.stderr
