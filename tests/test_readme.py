@@ -65,3 +65,11 @@ def test_readme_walkthrough_runs_as_written(live_server: Any) -> None:
     assert search["results"][0]["content"] == "I always book a window seat when I fly"
     assert {hit["user_id"] for hit in search["results"]} == {"alice"}
     assert Memory.objects.filter(user_id="alice").count() == 3
+
+
+def test_readme_configuration_table_names_every_setting() -> None:
+    source = (ROOT / "memoryproject" / "settings.py").read_text()
+    names = set(re.findall(r'env_(?:str|bool|int|float|list|choice)\("([A-Z_]+)"', source))
+    readme = (ROOT / "README.md").read_text()
+    assert names
+    assert sorted(name for name in names if f"`{name}`" not in readme) == []
