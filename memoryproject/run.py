@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from django.core.exceptions import ImproperlyConfigured
+
+from memoryproject.env import env_bool, env_int
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 ADMIN_USERNAME = "admin"
@@ -71,37 +75,14 @@ class Config:
         return f"http://{HOST}:{self.port}"
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = environ.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise StartupError(f"{name} must be a whole number, not {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise StartupError(f"{name} must be between {minimum} and {maximum}, not {value}")
-    return value
-
-
-def _env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    # The same spelling as settings.env_bool; that module cannot be imported
-    # here before the environment is ready, since importing it attaches.
-    raw = environ.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise StartupError(f"{name} must be true or false, not {raw!r}")
-
-
 def read_config(environ: Mapping[str, str]) -> Config:
-    return Config(
-        port=_env_int(environ, "PORT", 8000, 1, 65535),
-        workers=_env_int(environ, "WEB_CONCURRENCY", 2, 1, 64),
-    )
+    try:
+        return Config(
+            port=env_int("PORT", 8000, minimum=1, maximum=65535, environ=environ),
+            workers=env_int("WEB_CONCURRENCY", 2, minimum=1, maximum=64, environ=environ),
+        )
+    except ImproperlyConfigured as error:
+        raise StartupError(str(error)) from None
 
 
 def ensure_port_free(config: Config) -> None:
@@ -124,7 +105,11 @@ def prepare_environment(environ: MutableMapping[str, str]) -> None:
     environ.setdefault("DJANGO_SETTINGS_MODULE", "memoryproject.settings")
     database_url = environ.get("DATABASE_URL", "")
     redis_url = environ.get("REDIS_URL", "")
-    if _env_flag(environ, "MEMORYPROJECT_EMBEDDED", True) and not (database_url and redis_url):
+    try:
+        embedded_allowed = env_bool("MEMORYPROJECT_EMBEDDED", True, environ=environ)
+    except ImproperlyConfigured as error:
+        raise StartupError(str(error)) from None
+    if embedded_allowed and not (database_url and redis_url):
         stack = embedded.attach(postgres=not database_url, valkey=not redis_url)
         environ["DATABASE_URL"] = database_url or stack.database_url or ""
         environ["REDIS_URL"] = redis_url or stack.redis_url or ""

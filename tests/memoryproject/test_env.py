@@ -1,4 +1,4 @@
-"""A bad environment value stops start-up with a message naming the variable."""
+"""A bad environment value stops start-up with a message naming the variable (memoryproject.env, settings)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from memoryproject import settings as project_settings
+from memoryproject import env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -18,12 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 @pytest.mark.parametrize(
     ("helper", "raw", "expected"),
     [
-        (lambda: project_settings.env_bool("X_TEST", False), "yes", True),
-        (lambda: project_settings.env_bool("X_TEST", True), "off", False),
-        (lambda: project_settings.env_int("X_TEST", 1, minimum=0), "42", 42),
-        (lambda: project_settings.env_float("X_TEST", 1.0, maximum=2.0), "1.5", 1.5),
-        (lambda: project_settings.env_list("X_TEST", []), "a, b,,c", ["a", "b", "c"]),
-        (lambda: project_settings.env_choice("X_TEST", "x", {"x", "y"}), "y", "y"),
+        (lambda: env.env_bool("X_TEST", False), "yes", True),
+        (lambda: env.env_bool("X_TEST", True), "off", False),
+        (lambda: env.env_int("X_TEST", 1, minimum=0), "42", 42),
+        (lambda: env.env_float("X_TEST", 1.0, maximum=2.0), "1.5", 1.5),
+        (lambda: env.env_list("X_TEST", []), "a, b,,c", ["a", "b", "c"]),
+        (lambda: env.env_choice("X_TEST", "x", {"x", "y"}), "y", "y"),
     ],
 )
 def test_helpers_read_good_values(monkeypatch: pytest.MonkeyPatch, helper: object, raw: str, expected: object) -> None:
@@ -34,12 +34,12 @@ def test_helpers_read_good_values(monkeypatch: pytest.MonkeyPatch, helper: objec
 @pytest.mark.parametrize(
     ("helper", "raw"),
     [
-        (lambda: project_settings.env_bool("X_TEST", False), "maybe"),
-        (lambda: project_settings.env_int("X_TEST", 1), "ten"),
-        (lambda: project_settings.env_int("X_TEST", 1, minimum=0), "-1"),
-        (lambda: project_settings.env_float("X_TEST", 1.0), "fast"),
-        (lambda: project_settings.env_float("X_TEST", 1.0, maximum=1.0), "1.1"),
-        (lambda: project_settings.env_choice("X_TEST", "x", {"x"}), "z"),
+        (lambda: env.env_bool("X_TEST", False), "maybe"),
+        (lambda: env.env_int("X_TEST", 1), "ten"),
+        (lambda: env.env_int("X_TEST", 1, minimum=0), "-1"),
+        (lambda: env.env_float("X_TEST", 1.0), "fast"),
+        (lambda: env.env_float("X_TEST", 1.0, maximum=1.0), "1.1"),
+        (lambda: env.env_choice("X_TEST", "x", {"x"}), "z"),
     ],
 )
 def test_helpers_refuse_bad_values(monkeypatch: pytest.MonkeyPatch, helper: object, raw: str) -> None:
