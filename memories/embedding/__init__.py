@@ -1,0 +1,138 @@
+"""Text embeddings: the provider interface, the process-wide embedder and the query-vector cache.
+
+Every vector is float32, L2-normalised, and stored with the `model_name` of
+the embedder that made it: vectors of two models live in different spaces and
+must never be compared (`manage.py reembed --model-mismatch` moves old rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+Vectors = npt.NDArray[np.float32]
+
+__all__ = [
+    "Embedder",
+    "EmbeddingError",
+    "Vectors",
+    "embed_query",
+    "get_embedder",
+    "query_cache_key",
+    "reset_embedder",
+]
+
+
+class Embedder(Protocol):
+    """A text embedding provider."""
+
+    # Recorded on every stored vector: which space the vector belongs to.
+    model_name: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """float32 array of shape (len(texts), dimensions), one L2-normalised row per text, in order."""
+        ...
+
+
+class EmbeddingError(Exception):
+    """The provider failed: unreachable, timed out, HTTP error, or an answer of the wrong shape."""
+
+
+_lock = threading.Lock()
+_embedder: Embedder | None = None
+
+
+def _reinit_lock_in_child() -> None:
+    # A thread of the parent may have held the lock at fork time; the child
+    # would then wait for it forever. The embedder itself is kept: its weights
+    # are shared copy-on-write, and each provider rebuilds what is per process.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_lock_in_child)
+
+
+def _build_embedder() -> Embedder:
+    config = settings.EMBEDDING
+    provider = config["PROVIDER"]
+    if provider == "local":
+        from memories.embedding.minilm import MiniLM
+
+        return MiniLM(batch_size=int(config["BATCH_SIZE"]))
+    if provider == "openai":
+        from memories.embedding.remote import OpenAIEmbedder
+
+        return OpenAIEmbedder(
+            base_url=str(config["BASE_URL"]),
+            model=str(config["MODEL"]),
+            api_key=str(config["API_KEY"] or ""),
+            dimensions=int(config["DIMENSIONS"]),
+            timeout=float(config["TIMEOUT"]),
+            batch_size=int(config["BATCH_SIZE"]),
+        )
+    raise ImproperlyConfigured(f"Unknown EMBEDDING PROVIDER {provider!r}: expected 'local' or 'openai'")
+
+
+def get_embedder() -> Embedder:
+    """The process's embedder, built from settings.EMBEDDING on first use (loading MiniLM takes ~0.2 s)."""
+    embedder = _embedder
+    if embedder is not None:
+        return embedder
+    return _get_embedder_locked()
+
+
+def _get_embedder_locked() -> Embedder:
+    global _embedder
+    with _lock:
+        if _embedder is None:
+            _embedder = _build_embedder()
+        return _embedder
+
+
+def reset_embedder() -> None:
+    """Forget the embedder: the next get_embedder() builds one from the current settings."""
+    global _embedder
+    with _lock:
+        _embedder = None
+
+
+@receiver(setting_changed)
+def _reset_on_settings_change(*, setting: str, **kwargs: Any) -> None:
+    if setting == "EMBEDDING":
+        reset_embedder()
+
+
+def query_cache_key(*, model_name: str, text: str) -> str:
+    """The cache key of a query's vector: one per (model, exact text), of bounded length."""
+    digest = hashlib.sha256()
+    digest.update(model_name.encode())
+    # The separator keeps ("ab", "c") and ("a", "bc") apart.
+    digest.update(b"\0")
+    digest.update(text.encode())
+    return f"embedding:query:{digest.hexdigest()}"
+
+
+def embed_query(text: str) -> npt.NDArray[np.float32]:
+    """One query's vector, shape (dimensions,), cached in Redis; without Redis it is simply computed."""
+    embedder = get_embedder()
+    key = query_cache_key(model_name=embedder.model_name, text=text)
+    # Raw little-endian float32: 1.5 KB a vector, decoded without unpickling a list of floats.
+    cached = cache.get(key)
+    if isinstance(cached, bytes) and len(cached) == embedder.dimensions * 4:
+        return np.frombuffer(cached, dtype="<f4").astype(np.float32)
+    vector: npt.NDArray[np.float32] = embedder.embed([text])[0]
+    cache.set(key, vector.astype("<f4").tobytes(), timeout=int(settings.EMBEDDING["QUERY_CACHE_TTL"]))
+    return vector

@@ -1,0 +1,113 @@
+"""An OpenAI-compatible embedding provider: OpenAI, Ollama, vLLM, TEI, LiteLLM... (POST /embeddings)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from memories.embedding import EmbeddingError
+
+
+class OpenAIEmbedder:
+    """Embeds through `{base_url}/embeddings`; every failure is an EmbeddingError."""
+
+    model_name: str
+    dimensions: int
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str = "",
+        dimensions: int = 384,
+        timeout: float = 10.0,
+        batch_size: int = 64,
+    ) -> None:
+        self.model_name = model
+        self.dimensions = dimensions
+        self.url = base_url.rstrip("/") + "/embeddings"
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client_lock = threading.Lock()
+        self._client_pid = -1
+        self._client: httpx.Client | None = None
+
+    def _get_client(self) -> httpx.Client:
+        # One pooled client per process: a forked worker must not share the
+        # parent's sockets, nor inherit a pool lock held by a parent thread.
+        pid = os.getpid()
+        client = self._client
+        if client is not None and self._client_pid == pid:
+            return client
+        with self._client_lock:
+            if self._client is None or self._client_pid != pid:
+                self._client = httpx.Client(timeout=self.timeout, headers=self._headers)
+                self._client_pid = pid
+            return self._client
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of texts, not one string")
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start : start + self.batch_size])
+            out[start : start + len(chunk)] = self._embed_chunk(chunk)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        if np.any(norms == 0):
+            raise EmbeddingError(f"{self.url} returned an all-zero vector for model {self.model_name!r}")
+        out /= norms
+        return out
+
+    def _embed_chunk(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        try:
+            response = self._get_client().post(self.url, json={"model": self.model_name, "input": texts})
+        except httpx.TimeoutException as exc:
+            raise EmbeddingError(f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise EmbeddingError(f"{self.url} could not be reached: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise EmbeddingError(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise EmbeddingError(f"{self.url} answered with invalid JSON: {response.text[:300]}") from exc
+        return self._parse(body, expected=len(texts))
+
+    def _parse(self, body: Any, *, expected: int) -> npt.NDArray[np.float32]:
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or len(data) != expected:
+            got = len(data) if isinstance(data, list) else "no"
+            raise EmbeddingError(f"{self.url} returned {got} embeddings for {expected} inputs")
+        out = np.empty((expected, self.dimensions), dtype=np.float32)
+        seen = set()
+        for position, item in enumerate(data):
+            if not isinstance(item, dict):
+                raise EmbeddingError(f"{self.url} returned a malformed item at position {position}")
+            # Servers may answer out of order; `index` says which input a vector belongs to.
+            index = item.get("index", position)
+            if not isinstance(index, int) or not 0 <= index < expected or index in seen:
+                raise EmbeddingError(f"{self.url} returned an invalid or repeated index {index!r}")
+            seen.add(index)
+            vector = item.get("embedding")
+            if not isinstance(vector, list) or len(vector) != self.dimensions:
+                size = len(vector) if isinstance(vector, list) else type(vector).__name__
+                raise EmbeddingError(
+                    f"{self.url} returned a vector of {size} dimensions for model {self.model_name!r};"
+                    f" {self.dimensions} are configured (EMBEDDING_DIMENSIONS)"
+                )
+            try:
+                row = np.asarray(vector, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise EmbeddingError(f"{self.url} returned a non-numeric vector at index {index}") from exc
+            if not np.isfinite(row).all():
+                raise EmbeddingError(f"{self.url} returned a vector with NaN or infinite values at index {index}")
+            out[index] = row
+        return out
