@@ -289,7 +289,20 @@ class MemoryAdminForm(MemoryFormBase):
         return cleaned
 
 
-class MemoryHistoryInline(HistoryInlineBase):
+class ReadOnlyInlineMixin:
+    """An inline that shows rows and never adds, changes or deletes them."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+class MemoryHistoryInline(ReadOnlyInlineMixin, HistoryInlineBase):
     model = MemoryHistory
     fk_name = "memory"
     fields = ("created_at", "action", "actor", "old_content", "new_content", "changes")
@@ -302,15 +315,6 @@ class MemoryHistoryInline(HistoryInlineBase):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[MemoryHistory]:
         return _newest_per_parent(super().get_queryset(request), "memory_id", self.max_shown)
-
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
 
 
 @admin.register(Memory)
@@ -354,19 +358,7 @@ class MemoryAdmin(FastChangeListMixin, MemoryModelAdmin):
         (None, {"fields": ("id", "account", "namespace", "user_id", "session_link")}),
         (
             "Memory",
-            {
-                "fields": (
-                    "kind",
-                    "category",
-                    "key",
-                    "content",
-                    "tags",
-                    "metadata",
-                    "importance",
-                    "pinned",
-                    "expires_at",
-                )
-            },
+            {"fields": UPDATABLE_FIELDS},
         ),
         ("Usage", {"fields": ("access_count", "last_accessed_at", "created_at", "updated_at", "embedding_info")}),
     )
@@ -453,7 +445,7 @@ class MemoryAdmin(FastChangeListMixin, MemoryModelAdmin):
 # -- sessions ---------------------------------------------------------------------------------------
 
 
-class SessionMemoryInline(SessionMemoryInlineBase):
+class SessionMemoryInline(ReadOnlyInlineMixin, SessionMemoryInlineBase):
     model = Memory
     fk_name = "session"
     fields = ("short_content", "kind", "created_at")
@@ -472,15 +464,6 @@ class SessionMemoryInline(SessionMemoryInlineBase):
     @admin.display(description="content")
     def short_content(self, obj: Memory) -> str:
         return _short(obj.content)
-
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
 
 
 @admin.register(Session)
@@ -543,7 +526,9 @@ class SessionAdmin(FastChangeListMixin, SessionModelAdmin):
 # -- accounts and keys ------------------------------------------------------------------------------
 
 
-class ApiKeyInline(ApiKeyInlineBase):
+class ApiKeyInline(ReadOnlyInlineMixin, ApiKeyInlineBase):
+    """New keys are made on the API key page, the one place that shows a key once."""
+
     model = ApiKey
     fields = ("prefix", "name", "created_at", "last_used_at", "revoked_at")
     readonly_fields = fields
@@ -551,16 +536,6 @@ class ApiKeyInline(ApiKeyInlineBase):
     extra = 0
     can_delete = False
     show_change_link = True
-
-    # New keys are made on the API key page, the one place that shows a key once.
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
 
 
 @admin.register(Account)
