@@ -3,6 +3,8 @@ or those of DATABASE_URL / REDIS_URL) and the real embedding model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -10,6 +12,8 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+import memories.embedding as embedding
+from memories.embedding import Embedder, Vectors, get_embedder
 from tests.factories import AccountWithKey, make_account
 
 
@@ -57,3 +61,37 @@ def other_api(other_account: AccountWithKey) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {other_account.raw_key}")
     return client
+
+
+@dataclass
+class SpyEmbedder:
+    """The real embedder, recording the texts it is asked for. `before`, when
+    set, runs before each call: a stand-in for a writer racing the embedder."""
+
+    inner: Embedder
+    texts: list[str] = field(default_factory=list)
+    calls: int = 0
+    before: Callable[[], None] | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def dimensions(self) -> int:
+        return self.inner.dimensions
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.calls += 1
+        self.texts.extend(texts)
+        if self.before is not None:
+            self.before()
+        return self.inner.embed(texts)
+
+
+@pytest.fixture
+def spy_embedder(monkeypatch: pytest.MonkeyPatch) -> SpyEmbedder:
+    """Installs a SpyEmbedder as the process's embedder for one test."""
+    spy = SpyEmbedder(get_embedder())
+    monkeypatch.setattr(embedding, "_embedder", spy)
+    return spy

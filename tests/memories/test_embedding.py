@@ -8,7 +8,7 @@ import multiprocessing
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,7 +20,6 @@ from django.conf import settings
 from django.core.cache import cache
 from django.test import override_settings
 
-import memories.embedding as embedding
 from memories.embedding import (
     Embedder,
     EmbeddingError,
@@ -31,6 +30,7 @@ from memories.embedding import (
 )
 from memories.embedding.minilm import MAX_SEQ_LENGTH, MODEL_NAME, MiniLM
 from memories.embedding.remote import OpenAIEmbedder
+from tests.conftest import SpyEmbedder
 
 Vector = npt.NDArray[np.float32]
 
@@ -196,38 +196,11 @@ def test_reset_embedder_builds_a_new_one() -> None:
 # -- embed_query -------------------------------------------------------------------------------------
 
 
-@dataclass
-class CountingEmbedder:
-    """The real embedder, counting the texts it is asked to embed."""
-
-    inner: Embedder
-    texts: list[str] = field(default_factory=list)
-
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    @property
-    def dimensions(self) -> int:
-        return self.inner.dimensions
-
-    def embed(self, texts: Sequence[str]) -> Vector:
-        self.texts.extend(texts)
-        return self.inner.embed(texts)
-
-
-@pytest.fixture
-def counting(monkeypatch: pytest.MonkeyPatch) -> CountingEmbedder:
-    wrapper = CountingEmbedder(get_embedder())
-    monkeypatch.setattr(embedding, "_embedder", wrapper)
-    return wrapper
-
-
-def test_embed_query_is_cached_in_redis_as_raw_float32(counting: CountingEmbedder) -> None:
+def test_embed_query_is_cached_in_redis_as_raw_float32(spy_embedder: SpyEmbedder) -> None:
     first = embed_query(WINDOW)
     second = embed_query(WINDOW)
 
-    assert counting.texts == [WINDOW]  # the second call did not run the model
+    assert spy_embedder.texts == [WINDOW]  # the second call did not run the model
     np.testing.assert_array_equal(first, second)
     stored = cache.get(query_cache_key(model_name=MODEL_NAME, text=WINDOW))
     assert isinstance(stored, bytes)
@@ -238,11 +211,11 @@ def test_embed_query_is_cached_in_redis_as_raw_float32(counting: CountingEmbedde
     second[0] = 1.0  # a cached vector is the caller's own copy
 
 
-def test_embed_query_matches_the_model(counting: CountingEmbedder, model: MiniLM) -> None:
+def test_embed_query_matches_the_model(spy_embedder: SpyEmbedder, model: MiniLM) -> None:
     np.testing.assert_allclose(embed_query(DOG), model.embed([DOG])[0], atol=1e-6)
 
 
-def test_embed_query_computes_when_redis_is_down(counting: CountingEmbedder, model: MiniLM) -> None:
+def test_embed_query_computes_when_redis_is_down(spy_embedder: SpyEmbedder, model: MiniLM) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
@@ -259,7 +232,7 @@ def test_embed_query_computes_when_redis_is_down(counting: CountingEmbedder, mod
 
     np.testing.assert_allclose(first, model.embed([WINDOW])[0], atol=1e-6)
     np.testing.assert_array_equal(first, second)
-    assert counting.texts == [WINDOW, WINDOW]
+    assert spy_embedder.texts == [WINDOW, WINDOW]
 
 
 def test_query_cache_key_depends_on_model_and_text() -> None:

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
 from io import StringIO
-from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 from django.core.management import CommandError, call_command
 
-import memories.embedding as embedding
-from memories.embedding import Embedder, get_embedder
+from memories.embedding import get_embedder
 from memories.embedding.minilm import MODEL_NAME
 from memories.management.commands.reembed import Command as ReembedCommand
 from memories.models import Memory
 from memories.reembedding import memories_reembed
+from tests.conftest import SpyEmbedder
 from tests.factories import AccountWithKey, make_account, make_memory
 
 pytestmark = pytest.mark.django_db
@@ -152,32 +149,17 @@ def test_batches_by_primary_key_while_rows_leave_the_queryset(account: AccountWi
     assert not Memory.objects.filter(embedding__isnull=True).exists()
 
 
-@dataclass
-class EditingEmbedder:
-    """The real embedder; while it computes, another writer changes one row's content."""
-
-    inner: Embedder
-    edit_pk: UUID
-
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    @property
-    def dimensions(self) -> int:
-        return self.inner.dimensions
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        Memory.objects.filter(pk=self.edit_pk).update(content="Edited meanwhile")
-        return self.inner.embed(texts)
-
-
 def test_a_row_edited_during_embedding_keeps_its_writers_vector(
-    account: AccountWithKey, monkeypatch: pytest.MonkeyPatch
+    account: AccountWithKey, spy_embedder: SpyEmbedder
 ) -> None:
     edited = make_memory(account.account, "Original text")
     untouched = make_memory(account.account, "Another text")
-    monkeypatch.setattr(embedding, "_embedder", EditingEmbedder(get_embedder(), edited.pk))
+
+    def another_writer_edits() -> None:
+        Memory.objects.filter(pk=edited.pk).update(content="Edited meanwhile")
+
+    # The row changes while the model computes its old text's vector.
+    spy_embedder.before = another_writer_edits
 
     count = memories_reembed(queryset=Memory.objects.all())
 

@@ -6,9 +6,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from memories import selectors
-from memories.embedding import get_embedder
 from memories.models import Memory, content_hash
 from memories.selectors import MemoryFilters
+from tests.conftest import SpyEmbedder
 from tests.factories import AccountWithKey, bulk_memories
 
 pytestmark = pytest.mark.django_db
@@ -121,20 +121,11 @@ def test_hnsw_path_finds_a_small_users_memories_among_a_large_table(
     assert {str(hit.memory.id) for hit in hits} == wanted
 
 
-def test_query_embeddings_are_cached(api: APIClient) -> None:
+def test_query_embeddings_are_cached(api: APIClient, spy_embedder: SpyEmbedder) -> None:
     _store(api, "User prefers tea")
-    embedder = get_embedder()
-    calls: list[int] = []
-    original = embedder.embed
+    stored_calls = spy_embedder.calls
 
-    def counting(texts: Any) -> Any:
-        calls.append(len(texts))
-        return original(texts)
+    for _ in range(3):
+        api.get("/memory/relevant", {"user_id": "u1", "query": "a hot drink"})
 
-    embedder.embed = counting  # type: ignore[method-assign]
-    try:
-        for _ in range(3):
-            api.get("/memory/relevant", {"user_id": "u1", "query": "a hot drink"})
-    finally:
-        embedder.embed = original  # type: ignore[method-assign]
-    assert calls == [1]
+    assert spy_embedder.calls - stored_calls == 1
