@@ -30,8 +30,10 @@ format: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest --cov --cov-report=term-missing:skip-covered
 
+# Benchmarks print numbers beside their baselines; they are not tests.
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) bench/embedding.py
+	$(PY) bench/api_latency.py
 
 # Stops nothing: stop `make run` first. Removes the embedded databases' data.
 clean-data:

@@ -1,0 +1,145 @@
+"""Latency of the memory API's hot paths, in process, against the real servers.
+
+    .venv/bin/python bench/api_latency.py [--memories 2000] [--repeat 200]
+
+Makes a throwaway account with one user holding --memories memories (stored
+through the batch endpoint: one embedding call per 1,000), then times each
+request through Django's test client (the whole request path: auth, input
+serializer, service or selector, PostgreSQL, output serializer; no socket) and
+prints p50/p95/p99 beside the spec's target of 100 ms per memory operation
+(specs 003: "memory operations under 100 ms"). The account and its memories
+are deleted at the end. Uses DATABASE_URL / REDIS_URL, or the embedded stack.
+
+Search is timed twice: with distinct queries (each pays one embedding, ~5-9 ms)
+and with one repeated query (its vector comes from Redis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "memoryproject.settings")
+
+import django
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+
+from memories.models import Account, ApiKey  # noqa: E402
+
+TARGET_MS = 100.0
+TOPICS = ["flights", "food", "family", "work", "music", "sports", "health", "books", "travel", "pets"]
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    return statistics.median(ordered), at(0.95), at(0.99)
+
+
+def _time(repeat: int, call: Callable[[int], int]) -> list[float]:
+    samples = []
+    for index in range(repeat):
+        started = time.perf_counter()
+        status = call(index)
+        samples.append((time.perf_counter() - started) * 1000)
+        if status >= 400:
+            raise SystemExit(f"request failed with {status}")
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--memories", type=int, default=2_000, help="memories of the measured user")
+    parser.add_argument("--repeat", type=int, default=200, help="requests per measurement")
+    args = parser.parse_args()
+
+    account = Account.objects.create(name=f"bench-{time.time_ns()}")
+    try:
+        _, key = ApiKey.generate(account=account, name="bench")
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        started = time.perf_counter()
+        for offset in range(0, args.memories, 1_000):
+            items = [
+                {
+                    "user_id": "bench-user",
+                    "content": f"Note {n}: the user mentioned {TOPICS[n % 10]} and detail number {n * 7919 % 10007}",
+                    "tags": [TOPICS[n % 10]],
+                }
+                for n in range(offset, min(offset + 1_000, args.memories))
+            ]
+            response = client.post("/memory/memories/batch", {"memories": items}, format="json")
+            assert response.status_code == 201, response.content[:300]
+        load_s = time.perf_counter() - started
+        memory_id = client.get("/memory/memories", {"user_id": "bench-user", "limit": "1"}).json()["results"][0]["id"]
+
+        rows: list[tuple[str, list[float]]] = [
+            (
+                "create one (embeds it)",
+                _time(
+                    args.repeat,
+                    lambda i: (
+                        client.post(
+                            "/memory/memories",
+                            {"user_id": "bench-other", "content": f"Fresh fact {i} about {TOPICS[i % 10]} {i * 31}"},
+                            format="json",
+                        ).status_code
+                    ),
+                ),
+            ),
+            ("get by id", _time(args.repeat, lambda i: client.get(f"/memory/memories/{memory_id}").status_code)),
+            (
+                "list, page of 50",
+                _time(args.repeat, lambda i: client.get("/memory/memories", {"user_id": "bench-user"}).status_code),
+            ),
+            (
+                "search, new query each time",
+                _time(
+                    args.repeat,
+                    lambda i: (
+                        client.get(
+                            "/memory/relevant", {"user_id": "bench-user", "query": f"what about {TOPICS[i % 10]} {i}"}
+                        ).status_code
+                    ),
+                ),
+            ),
+            (
+                "search, repeated query",
+                _time(
+                    args.repeat,
+                    lambda i: (
+                        client.get(
+                            "/memory/relevant",
+                            {"user_id": "bench-user", "query": "what does the user say about flights"},
+                        ).status_code
+                    ),
+                ),
+            ),
+        ]
+    finally:
+        account.delete()
+
+    exact = args.memories <= settings.MEMORY["EXACT_SEARCH_MAX_ROWS"]
+    print(f"user with {args.memories} memories (loaded in {load_s:.1f} s); search path: {'exact' if exact else 'HNSW'}")
+    print(f"{'operation':32} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}   target (spec 003)")
+    for name, samples in rows:
+        p50, p95, p99 = _percentiles(samples)
+        verdict = "under" if p95 < TARGET_MS else "OVER"
+        print(f"{name:32} {p50:8.2f} {p95:8.2f} {p99:8.2f}   < {TARGET_MS:.0f} ms: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
