@@ -6,6 +6,8 @@ never has to parse Django's HTML error pages.
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 
 
@@ -14,6 +16,9 @@ def error_response(status: int, code: str, message: str) -> JsonResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> JsonResponse:
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(413, "too_large", f"The request body is larger than {limit} bytes; send less at once.")
     # The exception can be a SuspiciousOperation whose text repeats attacker
     # input (a forged Host header): it is logged by Django, not echoed.
     return error_response(400, "bad_request", "The request could not be understood.")

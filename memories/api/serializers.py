@@ -44,18 +44,28 @@ class StrictSerializer(serializers.Serializer[Any]):
         return super().to_internal_value(data)
 
 
+def _bad_text(text: str) -> str | None:
+    """What PostgreSQL would refuse in a jsonb string: NUL, or a lone UTF-16 surrogate."""
+    if "\x00" in text:
+        return "NUL characters"
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        return "unpaired surrogate characters"
+    return None
+
+
 def _check_json_value(value: Any, path: str = "metadata") -> None:
-    """PostgreSQL's jsonb refuses NUL characters and non-finite numbers: catch them here as a 400."""
+    """PostgreSQL's jsonb refuses NUL characters, lone surrogates and non-finite numbers: catch them here as a 400."""
     if isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in key:
-                raise serializers.ValidationError(f"{path}: keys cannot contain NUL characters.")
+            problem = _bad_text(key)
+            if problem:
+                raise serializers.ValidationError(f"{path}: keys cannot contain {problem}.")
             _check_json_value(item, f"{path}.{key}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_json_value(item, f"{path}[{index}]")
-    elif isinstance(value, str) and "\x00" in value:
-        raise serializers.ValidationError(f"{path}: strings cannot contain NUL characters.")
+    elif isinstance(value, str) and _bad_text(value):
+        raise serializers.ValidationError(f"{path}: strings cannot contain {_bad_text(value)}.")
     elif isinstance(value, float) and not math.isfinite(value):
         raise serializers.ValidationError(f"{path}: numbers must be finite.")
 

@@ -75,6 +75,21 @@ def test_unparseable_body_is_400(api: APIClient, raw: bytes) -> None:
     assert Memory.objects.count() == 0
 
 
+def test_body_over_the_upload_limit_is_413(api: APIClient, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    items = [{"user_id": "u1", "content": "x" * 1_000} for _ in range(20)]
+    error = _assert_error(api.post("/memory/memories/batch", {"memories": items}, format="json"), 413)
+    assert "10000 bytes" in error["message"]
+    assert Memory.objects.count() == 0
+
+
+def test_unpaired_surrogate_in_metadata_is_400(api: APIClient) -> None:
+    body = '{"user_id": "u1", "content": "ok", "metadata": {"k": "\\ud800"}}'
+    error = _assert_error(api.generic("POST", "/memory/memories", body, content_type="application/json"), 400)
+    assert "metadata" in error["fields"]
+    assert Memory.objects.count() == 0
+
+
 def test_wrong_content_type_is_415(api: APIClient) -> None:
     _assert_error(api.generic("POST", "/memory/memories", "user_id=u1", content_type="text/plain"), 415)
 
