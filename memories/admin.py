@@ -32,6 +32,7 @@ from django.utils.html import format_html
 
 from memories.api.serializers import MemoryUpdateSerializer
 from memories.embedding import get_embedder
+from memories.invalidation import auth_changed
 from memories.models import Account, ApiKey, HistoryAction, Memory, MemoryHistory, Session
 from memories.reembedding import memories_reembed
 from memories.services import UPDATABLE_FIELDS, memory_delete, memory_update
@@ -607,6 +608,8 @@ class ApiKeyAdmin(ApiKeyModelAdmin):
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        # update() sends no post_save: cached authentications must be told directly.
+        auth_changed()
         self.message_user(request, f"Revoked {count} keys.", messages.SUCCESS)
 
 

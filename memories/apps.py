@@ -1,9 +1,28 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models.signals import post_migrate
+
+
+def _ensure_schedules(sender: AppConfig, *, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
+    """After every `migrate` (and so every `make run`), the schedules match the settings."""
+    from django_q.models import Schedule
+
+    from memories.tasks import ensure_access_flush_schedule
+
+    # `migrate` of another app to an early state can leave django-q's tables missing.
+    if Schedule._meta.db_table not in connections[using].introspection.table_names():
+        return
+    ensure_access_flush_schedule(using=using)
 
 
 class MemoriesConfig(AppConfig):
     name = "memories"
     verbose_name = "Memories"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        post_migrate.connect(_ensure_schedules, sender=self, dispatch_uid="memories.ensure_schedules")

@@ -205,6 +205,20 @@ class Memory(models.Model):
         return self.content[:80]
 
 
+class PendingInvalidation(models.Model):
+    """A user whose cache generation a write could not replace (Redis was down):
+    replaced by the first process to reach Redis again (memories.invalidation)."""
+
+    # A plain number, not a foreign key: 0 stands for the API keys' own generation.
+    account_id = models.BigIntegerField()
+    namespace = models.CharField(max_length=100)
+    user_id = models.CharField(max_length=255)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.account_id}/{self.namespace}/{self.user_id}"
+
+
 class HistoryAction(models.TextChoices):
     CREATE = "create", "Created"
     UPDATE = "update", "Updated"
@@ -240,3 +254,27 @@ class MemoryHistory(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.memory_id} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class AccessFlush(models.Model):
+    """A batch of reads that memories.access applied to access_count.
+
+    Written in the transaction that applied the batch, so a flusher that finds
+    the batch still in Redis after a crash knows it was applied and does not
+    apply it twice. Rows are pruned after a day.
+    """
+
+    # The claim of the batch in Redis (its key is `access:flushing:<claim_id hex>`).
+    claim_id = models.UUIDField(primary_key=True)
+    memories = models.PositiveIntegerField(default=0)
+    reads = models.PositiveBigIntegerField(default=0)
+    applied_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes: ClassVar = [
+            # The prune: rows applied before a cutoff.
+            models.Index(fields=["applied_at"], name="accessflush_applied"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.claim_id} at {self.applied_at:%Y-%m-%d %H:%M:%S}"

@@ -11,6 +11,7 @@ from django.db.models import QuerySet
 from django.db.models.functions import MD5
 
 from memories.embedding import get_embedder
+from memories.invalidation import users_changed
 from memories.models import Memory
 
 
@@ -63,6 +64,12 @@ def memories_reembed(
                 if current.get(pk) == _md5(content)
             ]
             Memory.objects.bulk_update(updates, ["embedding", "embedding_model"])
+            # A cached memory shows its embedding's model: the users' entries must go.
+            users_changed(
+                Memory.objects.filter(pk__in=[memory.pk for memory in updates])
+                .values_list("account_id", "namespace", "user_id")
+                .distinct()
+            )
         written += len(updates)
         if on_progress is not None:
             on_progress(len(rows))

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import orjson
 from django.conf import settings
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, transaction
@@ -22,7 +23,9 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from pgvector.django import CosineDistance
 
-from memories.embedding import embed_query
+from memories.cache import CacheUnavailable, TieredCache, cache_key, tiered_cache
+from memories.embedding import embed_query, get_embedder
+from memories.invalidation import replay_pending_invalidations
 from memories.models import (
     DISCRETE_KINDS,
     TEXT_SEARCH_CONFIG,
@@ -31,9 +34,7 @@ from memories.models import (
     MemoryHistory,
 )
 from memories.ranking import Score, score
-
-# Columns a reader needs: the vector and the tsvector stay in the database.
-_LIST_DEFER = ("embedding", "search_vector")
+from memories.records import DEFERRED, earliest_expiry, memory_from_record, memory_to_record
 
 
 class InvalidCursor(ValueError):
@@ -89,9 +90,68 @@ def _filtered(account: Account, filters: MemoryFilters) -> QuerySet[Memory]:
     return queryset
 
 
+def _ttl(base: float, records: list[dict[str, Any]]) -> float:
+    """A cached answer lives `base` seconds, but not past the expiry of a memory in it."""
+    expiry = earliest_expiry(records)
+    if expiry is None:
+        return base
+    return min(base, (expiry - timezone.now()).total_seconds())
+
+
+def _expired(record: dict[str, Any]) -> bool:
+    expiry = earliest_expiry([record])
+    return expiry is not None and expiry <= timezone.now()
+
+
+def _cache() -> TieredCache:
+    """The cache, after this process has replayed any invalidation that missed Redis."""
+    cache = tiered_cache()
+    replay_pending_invalidations(force=False)
+    return cache
+
+
 def memory_get(*, account: Account, memory_id: uuid.UUID) -> Memory:
-    """One live memory of the account; Memory.DoesNotExist otherwise."""
-    return _live(account).defer(*_LIST_DEFER).get(pk=memory_id)
+    """One live memory of the account; Memory.DoesNotExist otherwise.
+
+    Cached by id with its user's generation token: a hit costs one Redis GET
+    (the token) and no query.
+    """
+    try:
+        return _memory_get_cached(account, memory_id)
+    except CacheUnavailable:
+        return _live(account).defer(*DEFERRED).get(pk=memory_id)
+
+
+def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
+    cache = _cache()
+    ttl = float(settings.MEMORY_CACHE["MEMORY_TTL"])
+
+    def valid(entry: dict[str, Any]) -> bool:
+        record = entry["memory"]
+        if record["account_id"] != account.id or _expired(record):
+            return False
+        return bool(entry["gen"] == cache.generation(account.id, record["namespace"], record["user_id"]))
+
+    def load() -> dict[str, Any]:
+        # The token must be read before the row: a write that commits after
+        # this read replaces the token, so what is cached under it dies with it.
+        owner = _live(account).filter(pk=memory_id).values_list("namespace", "user_id").first()
+        if owner is None:
+            raise Memory.DoesNotExist("No such memory.")
+        generation = cache.generation(account.id, *owner)
+        memory = _live(account).defer(*DEFERRED).get(pk=memory_id)
+        return {"gen": generation, "memory": memory_to_record(memory)}
+
+    entry = cache.get_or_set(
+        "memory",
+        cache_key("memory", memory_id),
+        load,
+        encode=orjson.dumps,
+        decode=orjson.loads,
+        ttl=lambda entry: _ttl(ttl, [entry["memory"]]),
+        valid=valid,
+    )
+    return memory_from_record(entry["memory"])
 
 
 # -- list -----------------------------------------------------------------------
@@ -122,8 +182,33 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 def memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor: str | None = None) -> Page:
     """Newest first; the cursor continues after the last item of the previous page
-    (keyset paging on (created_at, id), so pages stay stable under inserts)."""
-    queryset = _filtered(account, filters).defer(*_LIST_DEFER).order_by("-created_at", "-id")
+    (keyset paging on (created_at, id), so pages stay stable under inserts).
+    Pages are cached under the user's generation token."""
+    if cursor:
+        decode_cursor(cursor)
+    try:
+        cache = _cache()
+        generation = cache.generation(account.id, filters.namespace, filters.user_id)
+        ttl = float(settings.MEMORY_CACHE["LIST_TTL"])
+        record = cache.get_or_set(
+            "list",
+            cache_key("list", account.id, generation, filters, limit, cursor),
+            lambda: _page_record(_memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor)),
+            encode=orjson.dumps,
+            decode=orjson.loads,
+            ttl=lambda record: _ttl(ttl, record["items"]),
+        )
+    except CacheUnavailable:
+        return _memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor)
+    return Page(items=[memory_from_record(item) for item in record["items"]], next_cursor=record["next_cursor"])
+
+
+def _page_record(page: Page) -> dict[str, Any]:
+    return {"items": [memory_to_record(memory) for memory in page.items], "next_cursor": page.next_cursor}
+
+
+def _memory_list_db(*, account: Account, filters: MemoryFilters, limit: int, cursor: str | None) -> Page:
+    queryset = _filtered(account, filters).defer(*DEFERRED).order_by("-created_at", "-id")
     if cursor:
         created_at, memory_id = decode_cursor(cursor)
         queryset = queryset.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=memory_id))
@@ -214,7 +299,7 @@ def search_sql(
         ctes.append("by_keyword AS (SELECT NULL::uuid AS id WHERE false)")
         tsq_sql, tsq_params, rank_sql = "NULL::tsquery", [], "0.0"
     columns = ", ".join(
-        f"m.{f.column}" for f in Memory._meta.concrete_fields if f.name not in _LIST_DEFER and not f.generated
+        f"m.{f.column}" for f in Memory._meta.concrete_fields if f.name not in DEFERRED and not f.generated
     )
     sql = f"""
         WITH {", ".join(ctes)}, q AS (SELECT {tsq_sql} AS tsq)
@@ -232,8 +317,38 @@ def memory_search(
     *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float = 0.0
 ) -> list[SearchHit]:
     """The user's memories most relevant to the query, best first, each with its
-    score's parts (memories.ranking). Two round trips: the size check that picks
-    exact or HNSW search, and the search itself."""
+    score's parts (memories.ranking). Results are cached under the user's
+    generation token (and the embedding model) for SEARCH_TTL seconds."""
+    try:
+        cache = _cache()
+        generation = cache.generation(account.id, filters.namespace, filters.user_id)
+        model = get_embedder().model_name
+        ttl = float(settings.MEMORY_CACHE["SEARCH_TTL"])
+        hits = cache.get_or_set(
+            "search",
+            cache_key("search", account.id, generation, model, filters, query, limit, min_score),
+            lambda: [
+                {"memory": memory_to_record(hit.memory), "total": hit.score.total, "parts": hit.score.parts}
+                for hit in _memory_search_db(
+                    account=account, filters=filters, query=query, limit=limit, min_score=min_score
+                )
+            ],
+            encode=orjson.dumps,
+            decode=orjson.loads,
+            ttl=lambda hits: _ttl(ttl, [hit["memory"] for hit in hits]),
+        )
+    except CacheUnavailable:
+        return _memory_search_db(account=account, filters=filters, query=query, limit=limit, min_score=min_score)
+    return [
+        SearchHit(memory=memory_from_record(hit["memory"]), score=Score(total=hit["total"], parts=hit["parts"]))
+        for hit in hits
+    ]
+
+
+def _memory_search_db(
+    *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float
+) -> list[SearchHit]:
+    """Two round trips: the size check that picks exact or HNSW search, and the search itself."""
     search = search_sql(account=account, filters=filters, query=query, vector=embed_query(query), limit=limit)
     with transaction.atomic():
         if not search.exact:

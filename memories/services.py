@@ -1,5 +1,5 @@
 """Writes to memories. Every change goes through here so that it is embedded,
-deduplicated, recorded in MemoryHistory, and (later) invalidated in the cache.
+deduplicated, recorded in MemoryHistory, and invalidated in every cache tier.
 
 Embedding happens before the transaction opens: a model call never holds
 row locks, and a provider failure changes nothing.
@@ -18,6 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from memories.embedding import get_embedder
+from memories.invalidation import users_changed
 from memories.models import Account, HistoryAction, Memory, MemoryHistory, MemoryKind, content_hash
 
 # Fields a client may change; the rest (counters, vectors, hashes) belong to the service.
@@ -248,6 +249,7 @@ def _write(*, account: Account, items: Sequence[MemoryInput], vectors: np.ndarra
                 )
             )
         results[index] = WriteResult(memory=memory, created=False, matched_by=reason)
+    users_changed({(account.id, item.namespace, item.user_id) for item in items})
     Memory.objects.bulk_create(to_create)
     if to_update:
         Memory.objects.bulk_update(
@@ -304,6 +306,7 @@ def memory_update(*, memory: Memory, changes: Mapping[str, Any], actor: str) -> 
             locked.embedding_model = get_embedder().model_name
             fields += ["content_hash", "embedding", "embedding_model"]
         locked.updated_at = timezone.now()
+        users_changed([(locked.account_id, locked.namespace, locked.user_id)])
         try:
             with transaction.atomic():
                 locked.save(update_fields=fields)
@@ -325,6 +328,7 @@ def memory_update(*, memory: Memory, changes: Mapping[str, Any], actor: str) -> 
 def memory_delete(*, memory: Memory, actor: str) -> None:
     """Delete a memory; its history stays, ending with the deletion."""
     with transaction.atomic():
+        users_changed([(memory.account_id, memory.namespace, memory.user_id)])
         MemoryHistory.objects.bulk_create(
             [_history(memory, action=HistoryAction.DELETE, actor=actor, old=memory.content, changes={})]
         )

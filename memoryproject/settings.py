@@ -197,6 +197,25 @@ MEMORY: dict[str, Any] = {
     "RECENCY_HALF_LIFE_DAYS": env_float("MEMORY_RECENCY_HALF_LIFE_DAYS", 30.0, minimum=0.01),
 }
 
+# The read cache (memories/cache.py): L1 in each process, L2 in Redis. The
+# README lists three profiles (balanced, high-traffic, memory-constrained).
+MEMORY_CACHE: dict[str, Any] = {
+    "ENABLED": env_bool("CACHE_ENABLED", True),
+    "L1_MAX_BYTES": env_int("CACHE_L1_MAX_BYTES", 256 * 1024 * 1024, minimum=0),
+    "L1_TTL": env_float("CACHE_L1_TTL", 300.0, minimum=0.0),
+    "L1_IDLE_SECONDS": env_float("CACHE_L1_IDLE_SECONDS", 120.0, minimum=0.0),
+    "MEMORY_TTL": env_float("CACHE_MEMORY_TTL", 3600.0, minimum=0.0),
+    "LIST_TTL": env_float("CACHE_LIST_TTL", 3600.0, minimum=0.0),
+    # Search results also age by recency: their scores drift with time.
+    "SEARCH_TTL": env_float("CACHE_SEARCH_TTL", 300.0, minimum=0.0),
+    "AUTH_TTL": env_float("CACHE_AUTH_TTL", 300.0, minimum=0.0),
+    "BREAKER_THRESHOLD": env_int("CACHE_BREAKER_THRESHOLD", 3, minimum=1),
+    "BREAKER_COOLDOWN": env_float("CACHE_BREAKER_COOLDOWN", 5.0, minimum=0.1),
+    # How often each process looks in PostgreSQL for writes that could not
+    # reach Redis (memories.invalidation); the most a stale entry can outlive them.
+    "REPLAY_INTERVAL": env_float("CACHE_REPLAY_INTERVAL", 5.0, minimum=0.1),
+}
+
 EMBEDDING: dict[str, Any] = {
     "PROVIDER": env_choice("EMBEDDING_PROVIDER", "local", {"local", "openai"}),
     # For the local provider the model is fixed (all-MiniLM-L6-v2); for an
@@ -227,6 +246,19 @@ Q_CLUSTER = {
     "poll": env_float("Q_POLL", 0.5, minimum=0.05),
     "save_limit": env_int("Q_SAVE_LIMIT", 1000, minimum=0),
     "ack_failures": True,
+}
+
+# Write-behind access tracking (memories/access.py): reads are counted in Redis
+# and a django-q2 schedule adds them to access_count in batches. The interval is
+# in minutes because django-q2 schedules have minute resolution (and its
+# scheduler only wakes every 30 s).
+ACCESS_TRACKING: dict[str, Any] = {
+    "ENABLED": env_bool("ACCESS_TRACKING_ENABLED", True),
+    "FLUSH_INTERVAL_MINUTES": env_int("ACCESS_FLUSH_INTERVAL_MINUTES", 1, minimum=1, maximum=1440),
+    "FLUSH_BATCH_SIZE": env_int("ACCESS_FLUSH_BATCH_SIZE", 1000, minimum=1, maximum=50_000),
+    # After a Redis error, reads go uncounted for this long instead of each
+    # waiting for Redis's timeout.
+    "BACKOFF_SECONDS": env_float("ACCESS_TRACKING_BACKOFF_SECONDS", 5.0, minimum=0.0),
 }
 
 # -- logging --------------------------------------------------------------------

@@ -3,16 +3,20 @@ or those of DATABASE_URL / REDIS_URL) and the real embedding model."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connection
 from rest_framework.test import APIClient
 
 import memories.embedding as embedding
+from memories.cache import tiered_cache
 from memories.embedding import Embedder, Vectors, get_embedder
 from tests.factories import AccountWithKey, make_account
 
@@ -34,7 +38,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_cache() -> None:
+    """Each test starts with empty tiers: Redis's test database flushed, this process's L1 and breaker reset."""
     cache.clear()
+    tiered = tiered_cache()
+    tiered.local.clear()
+    tiered.breaker.reset()
 
 
 @pytest.fixture
@@ -95,3 +103,26 @@ def spy_embedder(monkeypatch: pytest.MonkeyPatch) -> SpyEmbedder:
     spy = SpyEmbedder(get_embedder())
     monkeypatch.setattr(embedding, "_embedder", spy)
     return spy
+
+
+@pytest.fixture
+def subprocess_env(transactional_db: None) -> dict[str, str]:
+    """Environment for a child process that must see this test's database and
+    Redis: the test database (committed data only: transactional tests) and Redis's test database."""
+    params: dict[str, Any] = connection.get_connection_params()
+    host = params.get("host") or "localhost"
+    port = params.get("port") or 5432
+    user = params.get("user") or "postgres"
+    password = params.get("password") or ""
+    name = settings.DATABASES["default"]["NAME"]
+    if host.startswith("/"):
+        database_url = f"postgresql://{user}:{password}@/{name}?host={host}&port={port}"
+    else:
+        database_url = f"postgresql://{user}:{password}@{host}:{port}/{name}"
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": str(settings.CACHES["default"]["LOCATION"]),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DJANGO_SETTINGS_MODULE": "memoryproject.settings",
+    }

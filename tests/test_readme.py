@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from memories.models import Memory
 
@@ -26,29 +24,9 @@ def _walkthrough() -> str:
     return block.group(1)
 
 
-def _database_url() -> str:
-    """The test database, so that the script's manage.py command writes where the live server reads."""
-    params: dict[str, Any] = connection.get_connection_params()
-    host = params.get("host") or "localhost"
-    port = params.get("port") or 5432
-    user = params.get("user") or "postgres"
-    password = params.get("password") or ""
-    name = settings.DATABASES["default"]["NAME"]
-    if host.startswith("/"):
-        return f"postgresql://{user}:{password}@/{name}?host={host}&port={port}"
-    return f"postgresql://{user}:{password}@{host}:{port}/{name}"
-
-
 @pytest.mark.django_db(transaction=True)
-def test_readme_walkthrough_runs_as_written(live_server: Any) -> None:
-    env = {
-        **os.environ,
-        "URL": live_server.url,
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.CACHES["default"]["LOCATION"],
-        "SECRET_KEY": settings.SECRET_KEY,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
+def test_readme_walkthrough_runs_as_written(live_server: Any, subprocess_env: dict[str, str]) -> None:
+    env = {**subprocess_env, "URL": live_server.url, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", _walkthrough()],
         cwd=ROOT,

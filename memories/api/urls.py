@@ -10,4 +10,6 @@ urlpatterns = [
     path("memories/<uuid:memory_id>", views.MemoryDetailView.as_view(), name="memory-detail"),
     path("memories/<uuid:memory_id>/history", views.MemoryHistoryView.as_view(), name="memory-history"),
     path("relevant", views.RelevantView.as_view(), name="memory-relevant"),
+    path("cache/stats", views.CacheStatsView.as_view(), name="cache-stats"),
+    path("cache/clear", views.CacheClearView.as_view(), name="cache-clear"),
 ]

@@ -9,17 +9,21 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import NotFound
+from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from memories import selectors, services
+from memories.access import record_access
 from memories.api.auth import caller
-from memories.api.errors import PayloadTooLarge, error_response
+from memories.api.errors import PayloadTooLarge, ServiceUnavailable, error_response
 from memories.api.serializers import (
     BatchCreateSerializer,
     BatchOutputSerializer,
+    CacheStatsSerializer,
     ErrorSerializer,
     HistoryPageSerializer,
     ListQuerySerializer,
@@ -30,6 +34,7 @@ from memories.api.serializers import (
     SearchOutputSerializer,
     SearchSerializer,
 )
+from memories.cache import CacheUnavailable, tiered_cache
 from memories.models import Memory
 
 
@@ -59,6 +64,7 @@ class MemoryCollectionView(APIView):
             )
         except selectors.InvalidCursor as error:
             raise serializers.ValidationError({"cursor": [str(error)]}) from None
+        record_access(memory_ids=[memory.id for memory in page.items])
         return Response(MemoryPageSerializer({"results": page.items, "next_cursor": page.next_cursor}).data)
 
     @extend_schema(
@@ -121,7 +127,9 @@ class MemoryDetailView(APIView):
     @extend_schema(operation_id="memory_get", responses=MemoryOutputSerializer)
     def get(self, request: Request, memory_id: uuid.UUID) -> Response:
         _reject_query_params(request)
-        return Response(MemoryOutputSerializer(_get_memory(request, memory_id)).data)
+        memory = _get_memory(request, memory_id)
+        record_access(memory_ids=[memory.id])
+        return Response(MemoryOutputSerializer(memory).data)
 
     @extend_schema(operation_id="memory_update", request=MemoryUpdateSerializer, responses=MemoryOutputSerializer)
     def patch(self, request: Request, memory_id: uuid.UUID) -> Response:
@@ -167,6 +175,7 @@ class RelevantView(APIView):
             limit=params.validated_data["limit"],
             min_score=params.validated_data["min_score"],
         )
+        record_access(memory_ids=[hit.memory.id for hit in hits])
         return Response(SearchOutputSerializer({"query": params.validated_data["query"], "results": hits}).data)
 
     @extend_schema(
@@ -185,3 +194,32 @@ class RelevantView(APIView):
     def post(self, request: Request) -> Response:
         _reject_query_params(request)
         return self._search(request, request.data)
+
+
+class CacheStatsView(APIView):
+    """Service-wide cache numbers (every process's hits and misses, added up in Redis)."""
+
+    @extend_schema(operation_id="cache_stats", responses={200: CacheStatsSerializer, 503: ErrorSerializer})
+    def get(self, request: Request) -> Response:
+        _reject_query_params(request)
+        try:
+            stats = tiered_cache().stats()
+        except CacheUnavailable:
+            raise ServiceUnavailable("Redis is unavailable: reads are served from PostgreSQL meanwhile.") from None
+        return Response(stats)
+
+
+class CacheClearView(APIView):
+    """Empty both tiers. Staff only (a logged-in admin session): it slows every tenant down for a while."""
+
+    authentication_classes = [SessionAuthentication]
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(operation_id="cache_clear", request=None, responses={204: None, 503: ErrorSerializer})
+    def post(self, request: Request) -> Response:
+        _reject_query_params(request)
+        try:
+            tiered_cache().clear()
+        except CacheUnavailable:
+            raise ServiceUnavailable("Redis is unavailable; nothing to clear there.") from None
+        return Response(status=status.HTTP_204_NO_CONTENT)

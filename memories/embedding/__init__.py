@@ -7,7 +7,6 @@ must never be compared (`manage.py reembed --model-mismatch` moves old rows).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -16,10 +15,11 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+
+from memories.cache import CacheUnavailable, cache_key, tiered_cache
 
 Vectors = npt.NDArray[np.float32]
 
@@ -117,22 +117,27 @@ def _reset_on_settings_change(*, setting: str, **kwargs: Any) -> None:
 
 def query_cache_key(*, model_name: str, text: str) -> str:
     """The cache key of a query's vector: one per (model, exact text), of bounded length."""
-    digest = hashlib.sha256()
-    digest.update(model_name.encode())
-    # The separator keeps ("ab", "c") and ("a", "bc") apart.
-    digest.update(b"\0")
-    digest.update(text.encode())
-    return f"embedding:query:{digest.hexdigest()}"
+    return cache_key("embedding", model_name, text)
 
 
 def embed_query(text: str) -> npt.NDArray[np.float32]:
     """One query's vector, shape (dimensions,), cached in Redis; without Redis it is simply computed."""
     embedder = get_embedder()
-    key = query_cache_key(model_name=embedder.model_name, text=text)
-    # Raw little-endian float32: 1.5 KB a vector, decoded without unpickling a list of floats.
-    cached = cache.get(key)
-    if isinstance(cached, bytes) and len(cached) == embedder.dimensions * 4:
-        return np.frombuffer(cached, dtype="<f4").astype(np.float32)
-    vector: npt.NDArray[np.float32] = embedder.embed([text])[0]
-    cache.set(key, vector.astype("<f4").tobytes(), timeout=int(settings.EMBEDDING["QUERY_CACHE_TTL"]))
-    return vector
+
+    def compute() -> npt.NDArray[np.float32]:
+        vector: npt.NDArray[np.float32] = embedder.embed([text])[0]
+        return vector
+
+    try:
+        # Raw little-endian float32 in both tiers: 1.5 KB a vector, decoded without parsing.
+        return tiered_cache().get_or_set(
+            "embedding",
+            query_cache_key(model_name=embedder.model_name, text=text),
+            compute,
+            encode=lambda vector: vector.astype("<f4").tobytes(),
+            decode=lambda raw: np.frombuffer(raw, dtype="<f4").astype(np.float32),
+            ttl=lambda vector: float(settings.EMBEDDING["QUERY_CACHE_TTL"]),
+            valid=lambda vector: vector.shape == (embedder.dimensions,),
+        )
+    except CacheUnavailable:
+        return compute()

@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from django.conf import settings
-from django.core.cache import cache
 from django.test import override_settings
+from django_redis import get_redis_connection
 
 from memories.embedding import (
     Embedder,
@@ -202,7 +202,7 @@ def test_embed_query_is_cached_in_redis_as_raw_float32(spy_embedder: SpyEmbedder
 
     assert spy_embedder.texts == [WINDOW]  # the second call did not run the model
     np.testing.assert_array_equal(first, second)
-    stored = cache.get(query_cache_key(model_name=MODEL_NAME, text=WINDOW))
+    stored = get_redis_connection("default").get(query_cache_key(model_name=MODEL_NAME, text=WINDOW))
     assert isinstance(stored, bytes)
     assert len(stored) == 384 * 4
     np.testing.assert_array_equal(np.frombuffer(stored, dtype="<f4"), first)
@@ -404,4 +404,4 @@ def test_settings_select_the_remote_provider(server: FakeOpenAI) -> None:
     assert embedder.model_name == "text-embedding-test"
     assert len(server.requests) == 1  # the second query came from the cache
     np.testing.assert_array_equal(vector, again)
-    assert cache.get(query_cache_key(model_name="text-embedding-test", text=WINDOW)) is not None
+    assert get_redis_connection("default").get(query_cache_key(model_name="text-embedding-test", text=WINDOW))

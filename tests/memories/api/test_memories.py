@@ -4,8 +4,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rest_framework import serializers as drf
 from rest_framework.test import APIClient
 
+from memories.access import flush_access_counts
+from memories.api.serializers import MemoryOutputSerializer
 from memories.models import Memory, MemoryHistory
 from tests.factories import AccountWithKey
 
@@ -235,3 +238,27 @@ def test_other_account_can_use_the_same_user_id_and_key(api: APIClient, other_ap
     assert api.post("/memory/memories", mine, format="json").status_code == 201
     assert other_api.post("/memory/memories", theirs, format="json").status_code == 201
     assert Memory.objects.count() == 2
+
+
+def test_fast_output_matches_drf_generic_output(api: APIClient) -> None:
+    created = _store(api, "User likes tea", tags=["a"], metadata={"k": [1, {"x": None}]}, ttl_seconds=60)
+    memory = Memory.objects.get(pk=created["id"])
+    memory.last_accessed_at = memory.created_at
+    fast = MemoryOutputSerializer(memory).data
+    generic = drf.ModelSerializer.to_representation(MemoryOutputSerializer(), memory)
+
+    assert fast == dict(generic)
+
+
+def test_reads_are_counted_and_flushed_in_the_background(api: APIClient) -> None:
+    created = _store(api, "User likes tea")
+    api.get(f"/memory/memories/{created['id']}")
+    api.get("/memory/memories", {"user_id": "u1"})
+    api.get("/memory/relevant", {"user_id": "u1", "query": "tea"})
+    assert Memory.objects.get(pk=created["id"]).access_count == 0  # nothing written per read
+
+    flush_access_counts()
+
+    memory = Memory.objects.get(pk=created["id"])
+    assert memory.access_count == 3
+    assert memory.last_accessed_at is not None

@@ -1,0 +1,469 @@
+"""Two cache tiers for reads: an in-process L1 and Redis (L2), never serving a stale value.
+
+Correctness comes from generations, not from deleting keys. Every (account,
+namespace, user) has a generation token in Redis; every write to that user's
+memories replaces it with a fresh random token (before and after its
+transaction commits), in O(1) whatever was cached. Derived entries (list
+pages, search results) carry the token in their key, and a memory cached by id
+carries the token of its user in its value: a reader fetches the current token
+(one Redis GET), so after a write has returned no process can reach an entry
+made before it, in L1 or L2. Tokens are random rather than counters so that a
+Redis that lost its data can never hand out a token an old entry still carries;
+a missing token is replaced by a new one.
+
+When Redis is down or slow, a circuit breaker opens: reads go to PostgreSQL,
+and L1 is bypassed too (without Redis its entries cannot be validated). A write
+that could not replace its user's token records the user in PostgreSQL
+(memories.models.PendingInvalidation), and the first process to reach Redis
+again replaces those tokens before it serves anything from the cache.
+
+Values are bytes, the same in both tiers (which makes L1's size accounting
+exact): orjson for records, raw float32 for query vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+from django.conf import settings
+from django_redis import get_redis_connection
+from prometheus_client import Counter, Gauge
+from redis import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CACHE_TYPES = ("memory", "list", "search", "embedding", "auth")
+
+HITS = Counter("memory_cache_hits_total", "Cache hits", ["type", "tier"])
+MISSES = Counter("memory_cache_misses_total", "Cache misses", ["type", "tier"])
+INVALIDATIONS = Counter("memory_cache_invalidations_total", "Generations replaced by writes", ["type"])
+SIZE_BYTES = Gauge("memory_cache_size_bytes", "Bytes held by the cache", ["type", "tier"])
+BYPASSES = Counter("memory_cache_bypass_total", "Cache operations skipped because Redis is unavailable", ["type"])
+
+
+def _config() -> dict[str, Any]:
+    return dict(settings.MEMORY_CACHE)
+
+
+# -- L1: in-process LRU bounded by bytes, with TTL and time-to-idle ------------------------
+
+
+@dataclass
+class _Entry:
+    value: bytes
+    kind: str
+    expires: float
+    touched: float
+
+
+class LocalCache:
+    """Thread-safe LRU of bytes values, bounded by their total size.
+
+    An entry dies at its TTL, or earlier when unread for `idle` seconds; the
+    least recently used entries go first when a new one needs room.
+    """
+
+    def __init__(self, *, max_bytes: int, idle_seconds: float) -> None:
+        self.max_bytes = max_bytes
+        self.idle_seconds = idle_seconds
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._bytes: dict[str, int] = dict.fromkeys(CACHE_TYPES, 0)
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry.expires <= now or now - entry.touched > self.idle_seconds:
+                self._remove(key)
+                return None
+            entry.touched = now
+            self._entries.move_to_end(key)
+            return entry.value
+
+    def set(self, key: str, value: bytes, *, kind: str, ttl: float) -> None:
+        size = len(value) + len(key)
+        if size > self.max_bytes:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if key in self._entries:
+                self._remove(key)
+            while self._entries and sum(self._bytes.values()) + size > self.max_bytes:
+                self._remove(next(iter(self._entries)))
+            self._entries[key] = _Entry(value=value, kind=kind, expires=now + ttl, touched=now)
+            self._bytes[kind] += size
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            if key in self._entries:
+                self._remove(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = dict.fromkeys(CACHE_TYPES, 0)
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """(entries, bytes) per cache type."""
+        with self._lock:
+            counts = dict.fromkeys(CACHE_TYPES, 0)
+            for entry in self._entries.values():
+                counts[entry.kind] += 1
+            return {kind: (counts[kind], self._bytes[kind]) for kind in CACHE_TYPES}
+
+    def _remove(self, key: str) -> None:
+        entry = self._entries.pop(key)
+        self._bytes[entry.kind] -= len(entry.value) + len(key)
+
+
+# -- the circuit breaker ---------------------------------------------------------------------
+
+
+class CircuitBreaker:
+    """After `threshold` consecutive Redis failures, stop trying for `cooldown` seconds.
+
+    Without it, every request would wait for Redis's timeout while Redis is
+    down. After the cooldown one caller tries again (half-open); a success
+    closes the breaker.
+    """
+
+    def __init__(self, *, threshold: int, cooldown: float) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._lock = threading.Lock()
+        self.on_close: Callable[[], None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._opened_at is not None and time.monotonic() - self._opened_at < self.cooldown
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if time.monotonic() - self._opened_at >= self.cooldown:
+                # Half-open: let this caller try; others wait another cooldown.
+                self._opened_at = time.monotonic()
+                return True
+            return False
+
+    def success(self) -> None:
+        with self._lock:
+            was_open = self._opened_at is not None
+            self._failures = 0
+            self._opened_at = None
+        if was_open and self.on_close is not None:
+            self.on_close()
+
+    def failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.threshold and self._opened_at is None:
+                self._opened_at = time.monotonic()
+                logger.warning("Redis unavailable: cache bypassed for %.0f s", self.cooldown)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._opened_at = None
+
+
+class CacheUnavailable(Exception):
+    """Redis cannot be used right now: the caller reads from PostgreSQL."""
+
+
+# -- the cache -------------------------------------------------------------------------------
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()[:32]
+
+
+@dataclass
+class Stats:
+    """This process's counts since the last push to Redis, per (type, tier)."""
+
+    hits: dict[tuple[str, str], int] = field(default_factory=dict)
+    misses: dict[tuple[str, str], int] = field(default_factory=dict)
+    invalidations: dict[str, int] = field(default_factory=dict)
+
+
+class TieredCache:
+    def __init__(self) -> None:
+        config = _config()
+        self.local = LocalCache(max_bytes=config["L1_MAX_BYTES"], idle_seconds=config["L1_IDLE_SECONDS"])
+        self.breaker = CircuitBreaker(threshold=config["BREAKER_THRESHOLD"], cooldown=config["BREAKER_COOLDOWN"])
+        self.breaker.on_close = self._after_recovery
+        self._stats = Stats()
+        self._stats_lock = threading.Lock()
+        self._stats_pushed = time.monotonic()
+
+    # -- Redis access, guarded by the breaker
+
+    def _redis(self) -> Redis:
+        return get_redis_connection("default")  # type: ignore[no-any-return]
+
+    @contextmanager
+    def _guarded(self, kind: str) -> Iterator[Redis]:
+        if not _config()["ENABLED"] or not self.breaker.allow():
+            BYPASSES.labels(kind).inc()
+            raise CacheUnavailable
+        try:
+            yield self._redis()
+        except (RedisError, OSError) as error:
+            self.breaker.failure()
+            BYPASSES.labels(kind).inc()
+            logger.info("cache bypassed (%s): %s", kind, error)
+            raise CacheUnavailable from error
+        self.breaker.success()
+
+    # -- generations
+
+    @staticmethod
+    def generation_key(account_id: int, namespace: str, user_id: str) -> str:
+        return f"gen:{account_id}:{_digest(namespace, user_id)}"
+
+    def generation(self, account_id: int, namespace: str, user_id: str) -> str:
+        """The user's current token; a missing one (first read, or Redis lost it) is created."""
+        key = self.generation_key(account_id, namespace, user_id)
+        with self._guarded("generation") as redis:
+            token = redis.get(key)
+            if token is None:
+                # SET NX GET (Redis 7): two first readers agree on one token.
+                fresh = secrets.token_hex(8)
+                existing = redis.set(key, fresh, nx=True, get=True)
+                token = existing if isinstance(existing, (bytes, str)) else fresh
+        return _text(token)
+
+    def invalidate_users(self, users: set[tuple[int, str, str]]) -> bool:
+        """Replace the users' tokens: every entry derived from their memories is unreachable.
+        False when Redis could not be reached (the caller records the users in PostgreSQL)."""
+        if not users:
+            return True
+        try:
+            with self._guarded("generation") as redis:
+                pipeline = redis.pipeline(transaction=False)
+                for account_id, namespace, user_id in users:
+                    pipeline.set(self.generation_key(account_id, namespace, user_id), secrets.token_hex(8))
+                pipeline.execute()
+        except CacheUnavailable:
+            return False
+        self._count(self._stats.invalidations, "user", len(users))
+        INVALIDATIONS.labels("user").inc(len(users))
+        return True
+
+    def _after_recovery(self) -> None:
+        from memories.invalidation import replay_pending_invalidations
+
+        replay_pending_invalidations()
+
+    # -- reads through both tiers
+
+    def get_or_set(
+        self,
+        kind: str,
+        key: str,
+        load: Callable[[], T],
+        *,
+        encode: Callable[[T], bytes],
+        decode: Callable[[bytes], T],
+        ttl: Callable[[T], float],
+        valid: Callable[[T], bool] = lambda value: True,
+    ) -> T:
+        """The value of `key` from L1, else L2, else `load()` (then stored in both for `ttl(value)` s).
+
+        `valid` checks a cached value before it is used (a memory's generation);
+        an invalid one counts as a miss. Without Redis: CacheUnavailable, and
+        the caller reads PostgreSQL.
+        """
+        raw = self.local.get(key)
+        if raw is not None:
+            value = decode(raw)
+            if valid(value):
+                self._hit(kind, "l1")
+                return value
+        self._miss(kind, "l1")
+        with self._guarded(kind) as redis:
+            stored = redis.get(key)
+        if isinstance(stored, bytes):
+            raw = stored
+            value = decode(raw)
+            if valid(value):
+                self._hit(kind, "l2")
+                self.local.set(key, raw, kind=kind, ttl=min(ttl(value), _config()["L1_TTL"]))
+                return value
+        self._miss(kind, "l2")
+        loaded = load()
+        self.set(kind, key, encode(loaded), ttl=ttl(loaded))
+        return loaded
+
+    def set(self, kind: str, key: str, raw: bytes, *, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        try:
+            with self._guarded(kind) as redis:
+                redis.set(key, raw, px=max(int(ttl * 1000), 1))
+        except CacheUnavailable:
+            return
+        self.local.set(key, raw, kind=kind, ttl=min(ttl, _config()["L1_TTL"]))
+        self._push_stats_if_due()
+
+    def delete(self, kind: str, key: str) -> None:
+        self.local.delete(key)
+        try:
+            with self._guarded(kind) as redis:
+                redis.delete(key)
+        except CacheUnavailable:
+            pass
+        self._count(self._stats.invalidations, kind)
+        INVALIDATIONS.labels(kind).inc()
+
+    def clear(self) -> None:
+        """Forget everything: L1 here, and every token and entry in Redis (by key prefix)."""
+        self.local.clear()
+        with self._guarded("clear") as redis:
+            for pattern in ("gen:*", "c:*"):
+                for name in redis.scan_iter(match=pattern, count=1000):
+                    redis.delete(name)
+
+    # -- statistics
+
+    def _count(self, table: dict[Any, int], key: Any, amount: int = 1) -> None:
+        with self._stats_lock:
+            table[key] = table.get(key, 0) + amount
+
+    def _hit(self, kind: str, tier: str) -> None:
+        HITS.labels(kind, tier).inc()
+        self._count(self._stats.hits, (kind, tier))
+
+    def _miss(self, kind: str, tier: str) -> None:
+        MISSES.labels(kind, tier).inc()
+        self._count(self._stats.misses, (kind, tier))
+
+    def _push_stats_if_due(self, *, force: bool = False) -> None:
+        """Every process adds its counts to one Redis hash, at most once a second,
+        so that /memory/cache/stats can show the whole service's numbers."""
+        now = time.monotonic()
+        if not force and now - self._stats_pushed < 1.0:
+            return
+        with self._stats_lock:
+            stats, self._stats = self._stats, Stats()
+            self._stats_pushed = now
+        fields: dict[str, int] = {}
+        for (kind, tier), n in stats.hits.items():
+            fields[f"hits:{kind}:{tier}"] = n
+        for (kind, tier), n in stats.misses.items():
+            fields[f"misses:{kind}:{tier}"] = n
+        for kind, n in stats.invalidations.items():
+            fields[f"invalidations:{kind}"] = n
+        if not fields:
+            return
+        try:
+            with self._guarded("stats") as redis:
+                pipeline = redis.pipeline(transaction=False)
+                for name, n in fields.items():
+                    pipeline.hincrby(STATS_KEY, name, n)
+                pipeline.execute()
+        except CacheUnavailable:
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        self._push_stats_if_due(force=True)
+        with self._guarded("stats") as redis:
+            counts = {_text(key): int(value) for key, value in redis.hgetall(STATS_KEY).items()}
+            l2 = _l2_sizes(redis)
+        local = self.local.sizes()
+        types: dict[str, Any] = {}
+        for kind in CACHE_TYPES:
+            tiers: dict[str, Any] = {}
+            for tier in ("l1", "l2"):
+                hits = counts.get(f"hits:{kind}:{tier}", 0)
+                misses = counts.get(f"misses:{kind}:{tier}", 0)
+                entries, size = local[kind] if tier == "l1" else l2.get(kind, (0, 0))
+                tiers[tier] = {
+                    "hits": hits,
+                    "misses": misses,
+                    "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+                    "entries": entries,
+                    "bytes": size,
+                }
+                SIZE_BYTES.labels(kind, tier).set(size)
+            types[kind] = {"tiers": tiers, "invalidations": counts.get(f"invalidations:{kind}", 0)}
+        return {
+            "types": types,
+            "user_invalidations": counts.get("invalidations:user", 0),
+            "redis": "open" if self.breaker.is_open else "ok",
+        }
+
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self._stats = Stats()
+        try:
+            with self._guarded("stats") as redis:
+                redis.delete(STATS_KEY)
+        except CacheUnavailable:
+            pass
+
+
+STATS_KEY = "cache:stats"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _l2_sizes(redis: Redis) -> dict[str, tuple[int, int]]:
+    """(entries, bytes) per type in Redis, from a bounded SCAN: stats are for people, not hot paths."""
+    sizes: dict[str, list[int]] = {kind: [0, 0] for kind in CACHE_TYPES}
+    for n, name in enumerate(redis.scan_iter(match="c:*", count=1000)):
+        if n >= 100_000:
+            break
+        kind = _text(name).split(":", 2)[1]
+        if kind in sizes:
+            sizes[kind][0] += 1
+            sizes[kind][1] += int(redis.memory_usage(name) or 0)
+    return {kind: (entries, size) for kind, (entries, size) in sizes.items()}
+
+
+def cache_key(kind: str, *parts: object) -> str:
+    """Keys of cached values: `c:<type>:<digest of the parts>`."""
+    return f"c:{kind}:{_digest(*parts)}"
+
+
+_cache: TieredCache | None = None
+_cache_lock = threading.Lock()
+
+
+def tiered_cache() -> TieredCache:
+    """The process's cache (built on first use from settings.MEMORY_CACHE)."""
+    global _cache
+    if _cache is None:
+        with _cache_lock:
+            if _cache is None:
+                _cache = TieredCache()
+    return _cache
+
+
+def reset_tiered_cache() -> None:
+    global _cache
+    with _cache_lock:
+        _cache = None

@@ -1,0 +1,55 @@
+"""Memories as cache records: plain JSON of the columns a reader needs.
+
+The vector and the tsvector stay out (1.5 KB and more a memory, and no reader
+of the API needs them); a record turns back into a Memory without a query.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.db import models
+
+from memories.models import Memory
+
+# The columns that readers use; the vector and the full-text vector are deferred.
+DEFERRED = ("embedding", "search_vector")
+_FIELDS = [field for field in Memory._meta.concrete_fields if field.name not in DEFERRED]
+_ATTNAMES = [field.attname for field in _FIELDS]
+_DATETIMES = {field.attname for field in _FIELDS if isinstance(field, models.DateTimeField)}
+_UUIDS = {field.attname for field in _FIELDS if isinstance(field, (models.UUIDField, models.ForeignKey))} & {
+    "id",
+    "session_id",
+}
+
+
+def memory_to_record(memory: Memory) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for name in _ATTNAMES:
+        value = getattr(memory, name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, uuid.UUID):
+            value = str(value)
+        record[name] = value
+    return record
+
+
+def memory_from_record(record: dict[str, Any]) -> Memory:
+    values = []
+    for name in _ATTNAMES:
+        value = record[name]
+        if value is not None and name in _DATETIMES:
+            value = datetime.fromisoformat(value)
+        elif value is not None and name in _UUIDS:
+            value = uuid.UUID(value)
+        values.append(value)
+    return Memory.from_db("default", _ATTNAMES, values)
+
+
+def earliest_expiry(records: list[dict[str, Any]]) -> datetime | None:
+    """When the first of these memories expires: a cached answer holding them must not outlive it."""
+    expiries = [datetime.fromisoformat(r["expires_at"]) for r in records if r.get("expires_at")]
+    return min(expiries) if expiries else None

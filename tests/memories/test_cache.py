@@ -1,0 +1,339 @@
+"""The read cache: served from the tiers, never stale, and PostgreSQL when Redis is gone."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection, connections
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django_redis import get_redis_connection
+from rest_framework.test import APIClient
+
+from memories import selectors
+from memories.cache import LocalCache, tiered_cache
+from memories.models import Memory, PendingInvalidation
+from memories.selectors import MemoryFilters
+from tests.factories import AccountWithKey
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def _store(api: APIClient, content: str, user_id: str = "u1", **fields: Any) -> dict[str, Any]:
+    response = api.post("/memory/memories", {"user_id": user_id, "content": content, **fields}, format="json")
+    assert response.status_code == 201, response.json()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _stats(api: APIClient) -> dict[str, Any]:
+    response = api.get("/memory/cache/stats")
+    assert response.status_code == 200, response.content
+    types: dict[str, Any] = response.json()["types"]
+    return types
+
+
+# -- L1 -----------------------------------------------------------------------------------------
+
+
+def test_local_cache_evicts_least_recently_used_by_bytes() -> None:
+    local = LocalCache(max_bytes=300, idle_seconds=60)
+    for name in "abc":
+        local.set(name, b"x" * 99, kind="memory", ttl=60)
+    assert local.get("a") is not None  # a is now the most recently used
+    local.set("d", b"x" * 99, kind="memory", ttl=60)
+
+    assert local.get("b") is None
+    assert local.get("a") is not None
+    assert local.sizes()["memory"] == (3, 300)
+
+
+def test_local_cache_entries_die_at_ttl_and_when_idle() -> None:
+    local = LocalCache(max_bytes=1_000, idle_seconds=0.05)
+    local.set("short", b"1", kind="list", ttl=0.05)
+    local.set("idle", b"2", kind="list", ttl=60)
+    time.sleep(0.1)
+    assert local.get("short") is None
+    assert local.get("idle") is None
+    assert local.sizes()["list"] == (0, 0)
+
+
+# -- served from cache, invalidated by writes ----------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_repeated_get_needs_no_database_query(api: APIClient) -> None:
+    created = _store(api, "User likes green tea")
+    url = f"/memory/memories/{created['id']}"
+    api.get(url)  # fills the caches
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get(url)
+
+    assert response.status_code == 200
+    assert response.json()["content"] == "User likes green tea"
+    assert [query["sql"] for query in queries.captured_queries] == []
+
+
+@pytest.mark.django_db
+def test_repeated_list_and_search_are_hits(api: APIClient) -> None:
+    _store(api, "User likes green tea")
+    params = {"user_id": "u1", "query": "hot drinks"}
+    for _ in range(3):
+        assert api.get("/memory/memories", {"user_id": "u1"}).status_code == 200
+        assert api.get("/memory/relevant", params).status_code == 200
+
+    stats = _stats(api)
+    assert stats["list"]["tiers"]["l1"]["hits"] == 2
+    assert stats["search"]["tiers"]["l1"]["hits"] == 2
+    assert stats["list"]["tiers"]["l2"]["entries"] == 1
+
+
+@pytest.mark.django_db
+def test_every_write_is_seen_by_the_next_read(api: APIClient) -> None:
+    first = _store(api, "User likes green tea")
+    url = f"/memory/memories/{first['id']}"
+
+    def listed() -> list[str]:
+        return [m["content"] for m in api.get("/memory/memories", {"user_id": "u1"}).json()["results"]]
+
+    def found() -> list[str]:
+        return [
+            m["content"] for m in api.get("/memory/relevant", {"user_id": "u1", "query": "drink"}).json()["results"]
+        ]
+
+    assert listed() == ["User likes green tea"]
+    assert found() == ["User likes green tea"]
+    api.patch(url, {"content": "User likes black coffee"}, format="json")
+    assert api.get(url).json()["content"] == "User likes black coffee"
+    assert listed() == ["User likes black coffee"]
+    assert found() == ["User likes black coffee"]
+    _store(api, "User drinks water at night")
+    assert len(listed()) == 2
+    api.post("/memory/memories/batch", {"memories": [{"user_id": "u1", "content": "User hates soda"}]}, format="json")
+    assert len(listed()) == 3
+    api.delete(url)
+    assert api.get(url).status_code == 404
+    assert "User likes black coffee" not in listed()
+
+
+@pytest.mark.django_db
+def test_cached_memory_is_never_served_to_another_account(api: APIClient, other_api: APIClient) -> None:
+    created = _store(api, "A secret")
+    url = f"/memory/memories/{created['id']}"
+    api.get(url)
+    api.get(url)
+
+    assert other_api.get(url).status_code == 404
+
+
+@pytest.mark.django_db
+def test_expired_memory_is_not_served_from_cache(api: APIClient) -> None:
+    created = _store(api, "Short-lived", ttl_seconds=1)
+    url = f"/memory/memories/{created['id']}"
+    assert api.get(url).status_code == 200
+    time.sleep(1.1)
+    assert api.get(url).status_code == 404
+    assert api.get("/memory/memories", {"user_id": "u1"}).json()["results"] == []
+
+
+@pytest.mark.django_db
+def test_revoked_key_is_refused_even_when_cached(api: APIClient, account: AccountWithKey) -> None:
+    assert api.get("/memory/memories", {"user_id": "u1"}).status_code == 200
+    account.key.revoked_at = account.key.created_at
+    account.key.save()
+    assert api.get("/memory/memories", {"user_id": "u1"}).status_code == 401
+
+
+@pytest.mark.django_db
+def test_admin_edit_is_seen_by_the_next_read(api: APIClient, admin_client: Any) -> None:
+    created = _store(api, "User likes green tea")
+    url = f"/memory/memories/{created['id']}"
+    api.get(url)
+    admin_client.post(
+        "/admin/memories/memory/",
+        {"action": "pin", "_selected_action": [created["id"]]},
+    )
+    assert api.get(url).json()["pinned"] is True
+
+
+# -- other processes -----------------------------------------------------------------------------
+
+
+def _run_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.memories.cache_worker", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_write_from_another_process_is_seen_on_the_next_read(
+    subprocess_env: dict[str, str], account: AccountWithKey, api: APIClient
+) -> None:
+    created = _store(api, "version 0")
+    url = f"/memory/memories/{created['id']}"
+    assert api.get(url).json()["content"] == "version 0"
+    assert api.get(url).json()["content"] == "version 0"  # now in this process's L1
+
+    writer = _run_worker(subprocess_env, "writer", created["id"], "1")
+    output, _ = writer.communicate(timeout=120)
+
+    assert writer.returncode == 0, output
+    assert api.get(url).json()["content"] == "version 1"
+
+
+def test_no_stale_read_under_concurrent_writes(
+    subprocess_env: dict[str, str], account: AccountWithKey, api: APIClient
+) -> None:
+    """One writer process; two reader processes and two reader threads here, all
+    reading through the cache. A read that starts after a write returned must
+    see that write."""
+    created = _store(api, "version 0")
+    memory_id = created["id"]
+    readers = [_run_worker(subprocess_env, "reader", memory_id, str(account.account.id), "8") for _ in range(2)]
+    stale: list[str] = []
+
+    def read_here() -> None:
+        redis = get_redis_connection("default")
+        try:
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                written = int(redis.get("test:cache-worker:written") or 0)
+                content = selectors.memory_get(account=account.account, memory_id=created_id).content
+                seen = int(content.rsplit(" ", 1)[1])
+                if seen < written:
+                    stale.append(f"saw {seen} after {written}")
+        finally:
+            connections.close_all()
+
+    created_id = uuid.UUID(memory_id)
+    threads = [threading.Thread(target=read_here) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    writer = _run_worker(subprocess_env, "writer", memory_id, "40")
+    writer_output, _ = writer.communicate(timeout=180)
+    for thread in threads:
+        thread.join(timeout=60)
+    outputs = [reader.communicate(timeout=60)[0] for reader in readers]
+
+    assert writer.returncode == 0, writer_output
+    assert Memory.objects.get(pk=memory_id).content == "version 40"
+    for reader, output in zip(readers, outputs, strict=True):
+        assert reader.returncode == 0, output
+        assert "stale=0" in output
+    assert stale == []
+
+
+# -- without Redis ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_api_answers_from_postgresql_while_redis_is_down_and_caches_again_after(api: APIClient, settings: Any) -> None:
+    created = _store(api, "User likes green tea")
+    url = f"/memory/memories/{created['id']}"
+    api.get(url)
+    breaker = tiered_cache().breaker
+    breaker.cooldown = 0.2
+
+    with override_settings(CACHES=_closed_port_caches()):
+        for _ in range(5):
+            assert api.get(url).status_code == 200
+            assert api.get("/memory/memories", {"user_id": "u1"}).status_code == 200
+            assert api.get("/memory/relevant", {"user_id": "u1", "query": "tea"}).status_code == 200
+        assert breaker.is_open
+        assert api.get("/ready").json()["checks"]["cache"]["status"] == "degraded"
+
+    time.sleep(0.3)
+    api.get(url)
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get(url).status_code == 200
+    assert not breaker.is_open
+    assert queries.captured_queries == []
+
+
+@pytest.mark.django_db
+def test_a_write_while_redis_is_down_is_not_hidden_by_the_cache_after(api: APIClient) -> None:
+    created = _store(api, "User likes green tea")
+    url = f"/memory/memories/{created['id']}"
+    api.get(url)
+    api.get(url)
+    tiered_cache().breaker.cooldown = 0.1
+
+    with override_settings(CACHES=_closed_port_caches()):
+        response = api.patch(url, {"content": "User likes black coffee"}, format="json")
+        assert response.status_code == 200
+    assert PendingInvalidation.objects.count() >= 1
+
+    time.sleep(0.2)
+    assert api.get(url).json()["content"] == "User likes black coffee"
+    assert PendingInvalidation.objects.count() == 0
+
+
+def _closed_port_caches() -> dict[str, Any]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{closed_port}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2, "IGNORE_EXCEPTIONS": True},
+        }
+    }
+
+
+# -- stats and clear ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_stats_count_hits_and_misses_per_type_and_tier(api: APIClient) -> None:
+    created = _store(api, "User likes green tea")
+    for _ in range(3):
+        api.get(f"/memory/memories/{created['id']}")
+
+    memory = _stats(api)["memory"]["tiers"]
+
+    assert memory["l1"]["hits"] == 2
+    assert memory["l2"]["misses"] == 1
+    assert memory["l1"]["entries"] == 1
+    assert memory["l1"]["bytes"] > 0
+    assert 0 < memory["l1"]["hit_rate"] < 1
+
+
+@pytest.mark.django_db
+def test_clear_is_for_staff_only(api: APIClient, client: Any) -> None:
+    created = _store(api, "User likes green tea")
+    api.get(f"/memory/memories/{created['id']}")
+    assert api.post("/memory/cache/clear").status_code in (401, 403)
+    staff = get_user_model().objects.create_user("ops", password="pw", is_staff=True)
+    client.force_login(staff)
+
+    assert client.post("/memory/cache/clear").status_code == 204
+    assert _stats(api)["memory"]["tiers"]["l2"]["entries"] == 0
+
+
+@pytest.mark.django_db
+def test_filters_are_part_of_the_cache_key(api: APIClient, account: AccountWithKey) -> None:
+    _store(api, "User likes tea", tags=["drinks"])
+    _store(api, "User likes chess", tags=["games"])
+    base = MemoryFilters(user_id="u1")
+    games = MemoryFilters(user_id="u1", tags_any=["games"])
+
+    everything = selectors.memory_list(account=account.account, filters=base, limit=10)
+    only_games = selectors.memory_list(account=account.account, filters=games, limit=10)
+
+    assert len(everything.items) == 2
+    assert [m.content for m in only_games.items] == ["User likes chess"]
