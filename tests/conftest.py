@@ -43,6 +43,7 @@ def _clean_cache() -> None:
     tiered = tiered_cache()
     tiered.local.clear()
     tiered.breaker.reset()
+    tiered.reset_stats()
 
 
 @pytest.fixture
