@@ -45,6 +45,7 @@ from prometheus_client import Counter
 from redis import Redis
 from redis.commands.core import Script
 
+from memories.cache import CacheUnavailable, tiered_cache
 from memories.models import AccessFlush, Memory
 
 logger = logging.getLogger(__name__)
@@ -164,8 +165,6 @@ def _redis() -> Redis:
 
 _dropped = 0
 _dropped_lock = threading.Lock()
-# time.monotonic() before which Redis is not tried again after an error.
-_retry_at = 0.0
 
 
 def dropped_records() -> int:
@@ -196,29 +195,23 @@ def record_access(*, memory_ids: Sequence[uuid.UUID], at: datetime | None = None
     """Count one read of each memory (a memory listed twice, two reads), at `at` (now).
 
     One Redis round trip per 1,000 ids; never raises. When Redis is unavailable the reads are
-    dropped and counted, and Redis is left alone for BACKOFF_SECONDS.
+    dropped and counted; the cache's circuit breaker (shared) then spares the next reads the wait.
     """
-    global _retry_at
     if not memory_ids:
         return
-    config = settings.ACCESS_TRACKING
-    if not config["ENABLED"]:
-        return
-    if time.monotonic() < _retry_at:
-        _drop(len(memory_ids))
+    if not settings.ACCESS_TRACKING["ENABLED"]:
         return
     recorded = 0
     try:
-        micros, key, client = _micros(at), _pending_key(), _redis()
-        for start in range(0, len(memory_ids), _RECORD_CHUNK):
-            chunk = [memory_id.hex for memory_id in memory_ids[start : start + _RECORD_CHUNK]]
-            _RECORD(keys=[key], args=[micros, *chunk], client=client)
-            recorded += len(chunk)
-    except Exception as error:
+        with tiered_cache().guarded("access") as client:
+            micros, key = _micros(at), _pending_key()
+            for start in range(0, len(memory_ids), _RECORD_CHUNK):
+                chunk = [memory_id.hex for memory_id in memory_ids[start : start + _RECORD_CHUNK]]
+                _RECORD(keys=[key], args=[micros, *chunk], client=client)
+                recorded += len(chunk)
+    except CacheUnavailable:
         # Best effort by design: a read must never fail because it could not be counted.
-        _retry_at = time.monotonic() + config["BACKOFF_SECONDS"]
         _drop(len(memory_ids) - recorded)
-        logger.warning("access tracking paused for %.0f s: %s", config["BACKOFF_SECONDS"], error)
 
 
 # -- flushing --------------------------------------------------------------------------------

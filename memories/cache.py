@@ -18,7 +18,10 @@ that could not replace its user's token records the user in PostgreSQL
 again replaces those tokens before it serves anything from the cache.
 
 Values are bytes, the same in both tiers (which makes L1's size accounting
-exact): orjson for records, raw float32 for query vectors.
+exact): orjson for records, raw float32 for query vectors. orjson, measured on
+a page of 50 memory records: decode 53 us, encode 15 us; msgpack 103/46 us;
+pickle 35/24 us but unpickling what a shared Redis hands back would run any
+code someone put there.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class LocalCache:
                 self._remove(next(iter(self._entries)))
             self._entries[key] = _Entry(value=value, kind=kind, expires=now + ttl, touched=now)
             self._bytes[kind] += size
+            SIZE_BYTES.labels(kind, "l1").set(self._bytes[kind])
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -118,6 +122,8 @@ class LocalCache:
         with self._lock:
             self._entries.clear()
             self._bytes = dict.fromkeys(CACHE_TYPES, 0)
+        for kind in CACHE_TYPES:
+            SIZE_BYTES.labels(kind, "l1").set(0)
 
     def sizes(self) -> dict[str, tuple[int, int]]:
         """(entries, bytes) per cache type."""
@@ -130,6 +136,7 @@ class LocalCache:
     def _remove(self, key: str) -> None:
         entry = self._entries.pop(key)
         self._bytes[entry.kind] -= len(entry.value) + len(key)
+        SIZE_BYTES.labels(entry.kind, "l1").set(self._bytes[entry.kind])
 
 
 # -- the circuit breaker ---------------------------------------------------------------------
@@ -223,7 +230,8 @@ class TieredCache:
         return get_redis_connection("default")  # type: ignore[no-any-return]
 
     @contextmanager
-    def _guarded(self, kind: str) -> Iterator[Redis]:
+    def guarded(self, kind: str) -> Iterator[Redis]:
+        """Redis, or CacheUnavailable: one breaker for everything this process asks of Redis."""
         if not _config()["ENABLED"] or not self.breaker.allow():
             BYPASSES.labels(kind).inc()
             raise CacheUnavailable
@@ -245,7 +253,7 @@ class TieredCache:
     def generation(self, account_id: int, namespace: str, user_id: str) -> str:
         """The user's current token; a missing one (first read, or Redis lost it) is created."""
         key = self.generation_key(account_id, namespace, user_id)
-        with self._guarded("generation") as redis:
+        with self.guarded("generation") as redis:
             token = redis.get(key)
             if token is None:
                 # SET NX GET (Redis 7): two first readers agree on one token.
@@ -260,7 +268,7 @@ class TieredCache:
         if not users:
             return True
         try:
-            with self._guarded("generation") as redis:
+            with self.guarded("generation") as redis:
                 pipeline = redis.pipeline(transaction=False)
                 for account_id, namespace, user_id in users:
                     pipeline.set(self.generation_key(account_id, namespace, user_id), secrets.token_hex(8))
@@ -302,7 +310,7 @@ class TieredCache:
                 self._hit(kind, "l1")
                 return value
         self._miss(kind, "l1")
-        with self._guarded(kind) as redis:
+        with self.guarded(kind) as redis:
             stored = redis.get(key)
         if isinstance(stored, bytes):
             raw = stored
@@ -320,7 +328,7 @@ class TieredCache:
         if ttl <= 0:
             return
         try:
-            with self._guarded(kind) as redis:
+            with self.guarded(kind) as redis:
                 redis.set(key, raw, px=max(int(ttl * 1000), 1))
         except CacheUnavailable:
             return
@@ -330,7 +338,7 @@ class TieredCache:
     def delete(self, kind: str, key: str) -> None:
         self.local.delete(key)
         try:
-            with self._guarded(kind) as redis:
+            with self.guarded(kind) as redis:
                 redis.delete(key)
         except CacheUnavailable:
             pass
@@ -340,7 +348,7 @@ class TieredCache:
     def clear(self) -> None:
         """Forget everything: L1 here, and every token and entry in Redis (by key prefix)."""
         self.local.clear()
-        with self._guarded("clear") as redis:
+        with self.guarded("clear") as redis:
             for pattern in ("gen:*", "c:*"):
                 for name in redis.scan_iter(match=pattern, count=1000):
                     redis.delete(name)
@@ -378,7 +386,7 @@ class TieredCache:
         if not fields:
             return
         try:
-            with self._guarded("stats") as redis:
+            with self.guarded("stats") as redis:
                 pipeline = redis.pipeline(transaction=False)
                 for name, n in fields.items():
                     pipeline.hincrby(STATS_KEY, name, n)
@@ -388,7 +396,7 @@ class TieredCache:
 
     def stats(self) -> dict[str, Any]:
         self._push_stats_if_due(force=True)
-        with self._guarded("stats") as redis:
+        with self.guarded("stats") as redis:
             counts = {_text(key): int(value) for key, value in redis.hgetall(STATS_KEY).items()}
             l2 = _l2_sizes(redis)
         local = self.local.sizes()
@@ -418,7 +426,7 @@ class TieredCache:
         with self._stats_lock:
             self._stats = Stats()
         try:
-            with self._guarded("stats") as redis:
+            with self.guarded("stats") as redis:
                 redis.delete(STATS_KEY)
         except CacheUnavailable:
             pass

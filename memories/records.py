@@ -14,8 +14,9 @@ from django.db import models
 
 from memories.models import Memory
 
-# The columns that readers use; the vector and the full-text vector are deferred.
-DEFERRED = ("embedding", "search_vector")
+# What readers never use stays in the database: the vector, the full-text
+# vector and the duplicate-detection hash.
+DEFERRED = ("embedding", "search_vector", "content_hash")
 _FIELDS = [field for field in Memory._meta.concrete_fields if field.name not in DEFERRED]
 _ATTNAMES = [field.attname for field in _FIELDS]
 _DATETIMES = {field.attname for field in _FIELDS if isinstance(field, models.DateTimeField)}

@@ -258,7 +258,6 @@ ACCESS_TRACKING: dict[str, Any] = {
     "FLUSH_BATCH_SIZE": env_int("ACCESS_FLUSH_BATCH_SIZE", 1000, minimum=1, maximum=50_000),
     # After a Redis error, reads go uncounted for this long instead of each
     # waiting for Redis's timeout.
-    "BACKOFF_SECONDS": env_float("ACCESS_TRACKING_BACKOFF_SECONDS", 5.0, minimum=0.0),
 }
 
 # -- logging --------------------------------------------------------------------

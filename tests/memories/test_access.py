@@ -25,15 +25,10 @@ from prometheus_client import REGISTRY
 
 from memories import access
 from memories.access import FlushResult, dropped_records, flush_access_counts, pending_access, record_access
+from memories.cache import tiered_cache
 from memories.models import AccessFlush, Memory, MemoryHistory
 from memories.tasks import ACCESS_FLUSH_SCHEDULE, ensure_access_flush_schedule, flush_access_counts_task
 from tests.factories import AccountWithKey, make_account, make_memory
-
-
-@pytest.fixture(autouse=True)
-def _redis_tried_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Another test's Redis failure must not leave this one in the backoff window.
-    monkeypatch.setattr(access, "_retry_at", 0.0)
 
 
 def _memories(account: AccountWithKey, count: int) -> list[Memory]:
@@ -341,15 +336,16 @@ def test_recording_with_redis_down_drops_the_reads_and_counts_them(closed_port: 
 
     # override_settings(CACHES) makes Django build new cache clients: django-redis connects anew.
     with override_settings(CACHES=_caches_at(closed_port)):
-        record_access(memory_ids=ids)
-        assert dropped_records() == dropped + 50
-        # Within the backoff, Redis is not even tried.
+        for _ in range(3):  # enough failures to open the breaker
+            record_access(memory_ids=ids)
+        assert dropped_records() == dropped + 150
+        # With the breaker open, Redis is not even tried.
         started = time.perf_counter()
         record_access(memory_ids=ids[:10])
         assert time.perf_counter() - started < 0.01
 
-    assert dropped_records() == dropped + 60
-    assert _dropped_metric() == metric + 60
+    assert dropped_records() == dropped + 160
+    assert _dropped_metric() == metric + 160
 
 
 def test_recording_with_redis_hung_gives_up_at_the_socket_timeout(silent_redis: int) -> None:
@@ -365,12 +361,12 @@ def test_recording_with_redis_hung_gives_up_at_the_socket_timeout(silent_redis: 
 
 
 @pytest.mark.django_db
-def test_recording_resumes_after_the_backoff(account: AccountWithKey, closed_port: int) -> None:
+def test_recording_resumes_after_the_breaker_cools_down(account: AccountWithKey, closed_port: int) -> None:
     (memory,) = _memories(account, 1)
-    with override_settings(
-        CACHES=_caches_at(closed_port), ACCESS_TRACKING={**settings.ACCESS_TRACKING, "BACKOFF_SECONDS": 0.05}
-    ):
-        record_access(memory_ids=[memory.id])
+    tiered_cache().breaker.cooldown = 0.05
+    with override_settings(CACHES=_caches_at(closed_port)):
+        for _ in range(3):
+            record_access(memory_ids=[memory.id])
     time.sleep(0.1)
 
     record_access(memory_ids=[memory.id])

@@ -21,6 +21,7 @@ from django.db import connection, connections
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
+from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from memories import selectors
@@ -385,3 +386,25 @@ def test_redis_stopped_and_restarted_mid_test(api: APIClient, own_valkey: Path) 
     with CaptureQueriesContext(connection) as queries:
         assert api.get(url).json()["content"] == "User likes black coffee"
     assert queries.captured_queries == []
+
+
+@pytest.mark.django_db
+def test_prometheus_metrics_move(api: APIClient) -> None:
+    created = _store(api, "User likes green tea")
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    hits_before = sample("memory_cache_hits_total", type="memory", tier="l1")
+    invalidations_before = sample("memory_cache_invalidations_total", type="user")
+    api.get(f"/memory/memories/{created['id']}")
+    api.get(f"/memory/memories/{created['id']}")
+    api.patch(f"/memory/memories/{created['id']}", {"pinned": True}, format="json")
+
+    # The second GET, and the PATCH's own lookup of the memory.
+    assert sample("memory_cache_hits_total", type="memory", tier="l1") == hits_before + 2
+    # Before the commit (after it too, where the test's transaction really commits).
+    assert sample("memory_cache_invalidations_total", type="user") >= invalidations_before + 1
+    metrics = api.get("/metrics").content.decode()
+    assert "memory_cache_size_bytes" in metrics
+    assert "memory_cache_misses_total" in metrics
