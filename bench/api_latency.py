@@ -17,27 +17,14 @@ and with one repeated query (its vector comes from Redis).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "memoryproject.settings")
-
-import django
-
-django.setup()
-
-from django.conf import settings  # noqa: E402
-from rest_framework.test import APIClient  # noqa: E402
-
-from memories.models import Account, ApiKey  # noqa: E402
+from django.conf import settings
+from support import TOPICS, USER, bench_user
 
 TARGET_MS = 100.0
-TOPICS = ["flights", "food", "family", "work", "music", "sports", "health", "books", "travel", "pets"]
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float, float]:
@@ -66,26 +53,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200, help="requests per measurement")
     args = parser.parse_args()
 
-    account = Account.objects.create(name=f"bench-{time.time_ns()}")
-    try:
-        _, key = ApiKey.generate(account=account, name="bench")
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
-        started = time.perf_counter()
-        for offset in range(0, args.memories, 1_000):
-            items = [
-                {
-                    "user_id": "bench-user",
-                    "content": f"Note {n}: the user mentioned {TOPICS[n % 10]} and detail number {n * 7919 % 10007}",
-                    "tags": [TOPICS[n % 10]],
-                }
-                for n in range(offset, min(offset + 1_000, args.memories))
-            ]
-            response = client.post("/memory/memories/batch", {"memories": items}, format="json")
-            assert response.status_code == 201, response.content[:300]
-        load_s = time.perf_counter() - started
-        memory_id = client.get("/memory/memories", {"user_id": "bench-user", "limit": "1"}).json()["results"][0]["id"]
-
+    with bench_user(args.memories) as user:
+        client, memory_id, load_s = user.client, user.memory_id, user.load_seconds
         rows: list[tuple[str, list[float]]] = [
             (
                 "create one (embeds it)",
@@ -103,7 +72,7 @@ def main() -> None:
             ("get by id", _time(args.repeat, lambda i: client.get(f"/memory/memories/{memory_id}").status_code)),
             (
                 "list, page of 50",
-                _time(args.repeat, lambda i: client.get("/memory/memories", {"user_id": "bench-user"}).status_code),
+                _time(args.repeat, lambda i: client.get("/memory/memories", {"user_id": USER}).status_code),
             ),
             (
                 "search, new query each time",
@@ -111,7 +80,7 @@ def main() -> None:
                     args.repeat,
                     lambda i: (
                         client.get(
-                            "/memory/relevant", {"user_id": "bench-user", "query": f"what about {TOPICS[i % 10]} {i}"}
+                            "/memory/relevant", {"user_id": USER, "query": f"what about {TOPICS[i % 10]} {i}"}
                         ).status_code
                     ),
                 ),
@@ -123,14 +92,12 @@ def main() -> None:
                     lambda i: (
                         client.get(
                             "/memory/relevant",
-                            {"user_id": "bench-user", "query": "what does the user say about flights"},
+                            {"user_id": USER, "query": "what does the user say about flights"},
                         ).status_code
                     ),
                 ),
             ),
         ]
-    finally:
-        account.delete()
 
     exact = args.memories <= settings.MEMORY["EXACT_SEARCH_MAX_ROWS"]
     print(f"user with {args.memories} memories (loaded in {load_s:.1f} s); search path: {'exact' if exact else 'HNSW'}")

@@ -15,28 +15,15 @@ REDIS_URL, or the embedded stack.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "memoryproject.settings")
-
-import django
-
-django.setup()
-
-from django.db import connection  # noqa: E402
-from django.test import override_settings  # noqa: E402
-from django.test.utils import CaptureQueriesContext  # noqa: E402
-from rest_framework.test import APIClient  # noqa: E402
-
-from memories.models import Account, ApiKey  # noqa: E402
-
-TOPICS = ["flights", "food", "family", "work", "music", "sports", "health", "books", "travel", "pets"]
+from django.conf import settings
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from support import USER, bench_user
 
 
 def _measure(repeat: int, call: Callable[[], int]) -> tuple[float, float, float]:
@@ -59,28 +46,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200, help="requests per measurement")
     args = parser.parse_args()
 
-    from django.conf import settings
-
-    account = Account.objects.create(name=f"bench-{time.time_ns()}")
-    try:
-        _, key = ApiKey.generate(account=account, name="bench")
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
-        for offset in range(0, args.memories, 1_000):
-            items = [
-                {"user_id": "bench-user", "content": f"Note {n}: about {TOPICS[n % 10]}, detail {n * 7919 % 10007}"}
-                for n in range(offset, min(offset + 1_000, args.memories))
-            ]
-            assert client.post("/memory/memories/batch", {"memories": items}, format="json").status_code == 201
-        memory_id = client.get("/memory/memories", {"user_id": "bench-user", "limit": "1"}).json()["results"][0]["id"]
+    with bench_user(args.memories) as user:
+        client, memory_id = user.client, user.memory_id
         requests: list[tuple[str, Callable[[], int]]] = [
             ("get by id", lambda: client.get(f"/memory/memories/{memory_id}").status_code),
-            ("list, page of 50", lambda: client.get("/memory/memories", {"user_id": "bench-user"}).status_code),
+            ("list, page of 50", lambda: client.get("/memory/memories", {"user_id": USER}).status_code),
             (
                 "search",
                 lambda: (
                     client.get(
-                        "/memory/relevant", {"user_id": "bench-user", "query": "what does the user say about flights"}
+                        "/memory/relevant", {"user_id": USER, "query": "what does the user say about flights"}
                     ).status_code
                 ),
             ),
@@ -92,8 +67,6 @@ def main() -> None:
             call()  # fills both tiers
             warm = _measure(args.repeat, call)
             results.append((name, cold, warm))
-    finally:
-        account.delete()
 
     print(f"user with {args.memories} memories, {args.repeat} requests each; cold = cache disabled (PostgreSQL)")
     print(

@@ -1,0 +1,62 @@
+"""What the API benchmarks share: Django set up against the configured (or
+embedded) servers, and a throwaway account whose user holds N memories."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "memoryproject.settings")
+
+import django
+
+django.setup()
+
+from rest_framework.test import APIClient  # noqa: E402
+
+from memories.models import Account, ApiKey  # noqa: E402
+
+TOPICS = ["flights", "food", "family", "work", "music", "sports", "health", "books", "travel", "pets"]
+USER = "bench-user"
+
+
+@dataclass(frozen=True)
+class BenchUser:
+    client: APIClient
+    # The newest of the user's memories.
+    memory_id: str
+    load_seconds: float
+
+
+@contextmanager
+def bench_user(memories: int) -> Iterator[BenchUser]:
+    """A new account and API client; its user gets `memories` memories through the
+    batch endpoint (one embedding call per 1,000). Everything is deleted after."""
+    account = Account.objects.create(name=f"bench-{time.time_ns()}")
+    try:
+        _, key = ApiKey.generate(account=account, name="bench")
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        started = time.perf_counter()
+        for offset in range(0, memories, 1_000):
+            items = [
+                {
+                    "user_id": USER,
+                    "content": f"Note {n}: the user mentioned {TOPICS[n % 10]} and detail number {n * 7919 % 10007}",
+                    "tags": [TOPICS[n % 10]],
+                }
+                for n in range(offset, min(offset + 1_000, memories))
+            ]
+            response = client.post("/memory/memories/batch", {"memories": items}, format="json")
+            assert response.status_code == 201, response.content[:300]
+        load_seconds = time.perf_counter() - started
+        memory_id = client.get("/memory/memories", {"user_id": USER, "limit": "1"}).json()["results"][0]["id"]
+        yield BenchUser(client=client, memory_id=memory_id, load_seconds=load_seconds)
+    finally:
+        account.delete()
