@@ -232,7 +232,9 @@ class TieredCache:
     @contextmanager
     def guarded(self, kind: str) -> Iterator[Redis]:
         """Redis, or CacheUnavailable: one breaker for everything this process asks of Redis."""
-        if not _config()["ENABLED"] or not self.breaker.allow():
+        if not _config()["ENABLED"]:
+            raise CacheUnavailable
+        if not self.breaker.allow():
             BYPASSES.labels(kind).inc()
             raise CacheUnavailable
         try:
@@ -469,9 +471,3 @@ def tiered_cache() -> TieredCache:
             if _cache is None:
                 _cache = TieredCache()
     return _cache
-
-
-def reset_tiered_cache() -> None:
-    global _cache
-    with _cache_lock:
-        _cache = None
