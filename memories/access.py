@@ -45,7 +45,7 @@ from prometheus_client import Counter
 from redis import Redis
 from redis.commands.core import Script
 
-from memories.cache import CacheUnavailable, tiered_cache
+from memories.cache import CacheUnavailable, cache_key, tiered_cache
 from memories.models import AccessFlush, Memory
 
 logger = logging.getLogger(__name__)
@@ -300,6 +300,10 @@ def _apply_claim(client: Redis, claim_id: uuid.UUID, *, batch_size: int) -> tupl
             applied += row[1]
         AccessFlush.objects.filter(claim_id=claim_id).update(memories=memories, reads=applied)
     FLUSHED.inc(applied)
+    # Cached copies by id show the old counts: drop them from Redis (not the
+    # users' lists and searches, which would empty every active user's cache
+    # each minute). Other processes' L1 copies age out within CACHE_L1_TTL.
+    tiered_cache().forget("memory", [cache_key("memory", memory_id) for memory_id in reads])
     return memories, applied
 
 

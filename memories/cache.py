@@ -26,6 +26,7 @@ code someone put there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -338,14 +339,18 @@ class TieredCache:
         self._push_stats_if_due()
 
     def delete(self, kind: str, key: str) -> None:
-        self.local.delete(key)
-        try:
-            with self.guarded(kind) as redis:
-                redis.delete(key)
-        except CacheUnavailable:
-            pass
-        self._count(self._stats.invalidations, kind)
-        INVALIDATIONS.labels(kind).inc()
+        self.forget(kind, [key])
+
+    def forget(self, kind: str, keys: list[str]) -> None:
+        """Drop entries from this process's L1 and from Redis (best effort: without Redis, they age out)."""
+        for key in keys:
+            self.local.delete(key)
+        if keys:
+            with contextlib.suppress(CacheUnavailable), self.guarded(kind) as redis:
+                for start in range(0, len(keys), 1_000):
+                    redis.delete(*keys[start : start + 1_000])
+        self._count(self._stats.invalidations, kind, len(keys))
+        INVALIDATIONS.labels(kind).inc(len(keys))
 
     def clear(self) -> None:
         """Forget everything: L1 here, and every token and entry in Redis (by key prefix)."""

@@ -262,3 +262,14 @@ def test_reads_are_counted_and_flushed_in_the_background(api: APIClient) -> None
     memory = Memory.objects.get(pk=created["id"])
     assert memory.access_count == 3
     assert memory.last_accessed_at is not None
+
+
+def test_flushed_counts_show_on_the_next_read(api: APIClient) -> None:
+    created = _store(api, "User likes tea")
+    url = f"/memory/memories/{created['id']}"
+    api.get(url)
+    api.get(url)
+
+    flush_access_counts()
+
+    assert api.get(url).json()["access_count"] == 2
