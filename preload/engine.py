@@ -1,0 +1,95 @@
+"""Warming Redis with a user's preload set (SPEC-038).
+
+A preloaded memory is written where the read path looks for it: the L2 entry
+of the memory by id, made under the user's current generation token exactly as
+memories.selectors would make it, so a write to the user after the preload
+makes the entry unreachable like any other. Beside it, the spec's per-strategy
+keys list which memories each strategy chose (`preload:{account}:{namespace}:
+{user}:recent`, ...), for status and for clients that want the hot set.
+
+The token is read before the rows (as the selectors do): a write that commits
+after the read replaces the token, so nothing written here can outlive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+from django.utils import timezone
+
+from memories.cache import TieredCache, cache_key, tiered_cache
+from memories.models import Account
+from memories.records import memory_to_record
+from preload.config import EffectiveConfig
+from preload.options import Strategy
+from preload.strategies import PreloadItem, preload_set
+
+
+@dataclass(frozen=True)
+class UserPreload:
+    memories: int
+    bytes: int
+    # Memory ids per strategy key, as written.
+    keys: dict[str, list[str]]
+
+
+def strategy_key(*, account_id: int, namespace: str, user_id: str, strategy: str) -> str:
+    """The spec's `preload:{user}:{strategy}`, prefixed by account and namespace so that no two tenants share it."""
+    return f"preload:{account_id}:{namespace}:{user_id}:{strategy}"
+
+
+def _ttl(item: PreloadItem, config: EffectiveConfig, now: datetime) -> float:
+    """The longest lifetime among the strategies that chose it, never past the memory's expiry."""
+    ttl = float(max(config.ttl_seconds(strategy) for strategy in item.strategies))
+    if item.memory.expires_at is not None:
+        ttl = min(ttl, (item.memory.expires_at - now).total_seconds())
+    return ttl
+
+
+def preload_user(
+    *,
+    account: Account,
+    namespace: str,
+    user_id: str,
+    config: EffectiveConfig,
+    strategies: Sequence[Strategy] | None = None,
+    dry_run: bool = False,
+    cache: TieredCache | None = None,
+) -> UserPreload:
+    """Choose the user's preload set and write it to Redis in one pipeline.
+
+    Raises CacheUnavailable when Redis cannot be used (the caller records it
+    and goes on: preloading fails soft). With `dry_run`, chooses but writes nothing.
+    """
+    cache = cache or tiered_cache()
+    generation = "" if dry_run else cache.generation(account.id, namespace, user_id)
+    now = timezone.now()
+    items = preload_set(
+        account=account, namespace=namespace, user_id=user_id, config=config, strategies=strategies, now=now
+    )
+    entries: list[tuple[str, bytes, float]] = []
+    keys: dict[str, list[str]] = {}
+    for item in items:
+        ttl = _ttl(item, config, now)
+        if ttl <= 0:
+            continue
+        value = orjson.dumps({"gen": generation, "memory": memory_to_record(item.memory)})
+        entries.append((cache_key("memory", item.memory.id), value, ttl))
+        for strategy in item.strategies:
+            key = strategy_key(account_id=account.id, namespace=namespace, user_id=user_id, strategy=strategy)
+            keys.setdefault(key, []).append(str(item.memory.id))
+    total = sum(len(key) + len(value) for key, value, _ in entries)
+    if dry_run:
+        return UserPreload(memories=len(entries), bytes=total, keys=keys)
+    with cache.guarded("preload") as redis:
+        pipeline = redis.pipeline(transaction=False)
+        for key, value, ttl in entries:
+            pipeline.set(key, value, px=max(int(ttl * 1000), 1))
+        for key, ids in keys.items():
+            strategy = Strategy(key.rsplit(":", 1)[1])
+            pipeline.set(key, orjson.dumps(ids), ex=config.ttl_seconds(strategy))
+        pipeline.execute()
+    return UserPreload(memories=len(entries), bytes=total, keys=keys)

@@ -1,0 +1,100 @@
+"""Preloading writes a user's hot memories where the read path finds them, and nobody else's."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import orjson
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django_redis import get_redis_connection
+
+from memories import selectors, services
+from memories.cache import CacheUnavailable, tiered_cache
+from memories.models import Account, Memory
+from preload.config import EffectiveConfig, resolve_config
+from preload.engine import preload_user, strategy_key
+from tests.factories import AccountWithKey, make_memory
+
+pytestmark = pytest.mark.django_db
+
+
+def _config(account: Account, user_id: str = "u1") -> EffectiveConfig:
+    return resolve_config(account_id=account.id, namespace="default", user_id=user_id)
+
+
+def _preload(account: Account, user_id: str = "u1", **kwargs: Any) -> Any:
+    return preload_user(
+        account=account, namespace="default", user_id=user_id, config=_config(account, user_id), **kwargs
+    )
+
+
+def test_preload_keys_hold_only_the_users_memories(account: AccountWithKey, other_account: AccountWithKey) -> None:
+    mine = {make_memory(account.account, f"mine {n}", importance=0.9).id for n in range(3)}
+    make_memory(account.account, "another user's", user_id="u2", importance=0.9)
+    make_memory(other_account.account, "another account's", importance=0.9)
+
+    result = _preload(account.account)
+
+    redis = get_redis_connection("default")
+    assert result.memories == 3
+    for key in result.keys:
+        assert key.startswith(f"preload:{account.account.id}:default:u1:")
+        assert {str(memory_id) for memory_id in mine} >= set(orjson.loads(redis.get(key)))
+    recent = strategy_key(account_id=account.account.id, namespace="default", user_id="u1", strategy="recent")
+    assert set(orjson.loads(redis.get(recent))) == {str(memory_id) for memory_id in mine}
+    assert redis.ttl(recent) <= 7200
+
+
+def test_a_preloaded_memory_is_read_without_a_query(account: AccountWithKey) -> None:
+    memory = make_memory(account.account, "User flies to Lisbon monthly", importance=0.9)
+    _preload(account.account)
+    tiered_cache().local.clear()  # as in a freshly started worker: only Redis has it
+
+    with CaptureQueriesContext(connection) as queries:
+        found = selectors.memory_get(account=account.account, memory_id=memory.id)
+
+    assert found.content == "User flies to Lisbon monthly"
+    # (At most the cache's periodic look for pending invalidations runs.)
+    assert [q["sql"] for q in queries.captured_queries if "memories_memory" in q["sql"]] == []
+
+
+def test_a_write_after_the_preload_is_seen(account: AccountWithKey) -> None:
+    memory = make_memory(account.account, "User likes tea", importance=0.9)
+    _preload(account.account)
+
+    services.memory_update(memory=memory, changes={"content": "User likes coffee"}, actor="test")
+
+    assert selectors.memory_get(account=account.account, memory_id=memory.id).content == "User likes coffee"
+
+
+def test_expired_memories_are_not_preloaded(account: AccountWithKey) -> None:
+    make_memory(account.account, "kept", importance=0.9)
+    gone = make_memory(account.account, "expired", importance=0.9)
+    Memory.objects.filter(pk=gone.pk).update(expires_at="2000-01-01T00:00:00Z")
+
+    assert _preload(account.account).memories == 1
+
+
+def test_dry_run_writes_nothing(account: AccountWithKey) -> None:
+    make_memory(account.account, "User likes tea", importance=0.9)
+
+    result = _preload(account.account, dry_run=True)
+
+    assert result.memories == 1
+    assert get_redis_connection("default").keys("preload:*") == []
+
+
+def test_without_redis_preloading_fails_with_cache_unavailable(account: AccountWithKey) -> None:
+    make_memory(account.account, "User likes tea", importance=0.9)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    caches = {"default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{port}/0"}}
+
+    with override_settings(CACHES=caches), pytest.raises(CacheUnavailable):
+        _preload(account.account)
