@@ -1,0 +1,157 @@
+"""Preload runs: many users, in batches, recorded in a PreloadRun row.
+
+Users are walked in a fixed order (account, namespace, user id) in batches:
+one query resolves a batch's configurations, progress and a heartbeat are
+saved after each batch. While a run works on a user it holds a short Redis
+lock on that user, so two runs (a schedule and a trigger, say) never preload
+the same user at once; a user locked by another run is skipped and counted.
+If Redis goes away the run stops, records the error and fails: the service
+itself keeps answering from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from memories.cache import CacheUnavailable, tiered_cache
+from memories.models import Account, Memory
+from preload.config import EffectiveConfig, resolve_configs
+from preload.engine import preload_user
+from preload.models import PreloadRun, RunStatus, RunTrigger
+from preload.options import Strategy
+
+BATCH_SIZE = 500
+# Long enough for one batch; a crashed run's locks free themselves.
+LOCK_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class UserRef:
+    account: Account
+    namespace: str
+    user_id: str
+
+
+def users_of(*, accounts: Sequence[Account], namespace: str | None, user_ids: Sequence[str] = ()) -> Iterator[UserRef]:
+    """The users to preload, in a fixed order: the given ids, or every user with memories."""
+    for account in sorted(accounts, key=lambda a: a.id):
+        rows = Memory.objects.filter(account=account)
+        if namespace is not None:
+            rows = rows.filter(namespace=namespace)
+        if user_ids:
+            rows = rows.filter(user_id__in=list(user_ids))
+        pairs = rows.order_by("namespace", "user_id").values_list("namespace", "user_id").distinct()
+        for user_namespace, user_id in pairs.iterator(chunk_size=BATCH_SIZE):
+            yield UserRef(account=account, namespace=user_namespace, user_id=user_id)
+
+
+def _batches(users: Iterator[UserRef]) -> Iterator[list[UserRef]]:
+    batch: list[UserRef] = []
+    for user in users:
+        batch.append(user)
+        if len(batch) == BATCH_SIZE:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _configs(users: list[UserRef]) -> dict[tuple[int, str, str], EffectiveConfig]:
+    """Every user's configuration: one query per (account, namespace) in the batch."""
+    groups: dict[tuple[int, str], list[str]] = {}
+    for user in users:
+        groups.setdefault((user.account.id, user.namespace), []).append(user.user_id)
+    configs: dict[tuple[int, str, str], EffectiveConfig] = {}
+    for (account_id, namespace), user_ids in groups.items():
+        for user_id, config in resolve_configs(account_id=account_id, namespace=namespace, user_ids=user_ids).items():
+            configs[(account_id, namespace, user_id)] = config
+    return configs
+
+
+def _lock_key(user: UserRef) -> str:
+    return f"preload:lock:{user.account.id}:{user.namespace}:{user.user_id}"
+
+
+def _lock(users: list[UserRef], token: str) -> list[bool]:
+    with tiered_cache().guarded("preload") as redis:
+        pipeline = redis.pipeline(transaction=False)
+        for user in users:
+            pipeline.set(_lock_key(user), token, nx=True, ex=LOCK_SECONDS)
+        return [bool(ok) for ok in pipeline.execute()]
+
+
+def _unlock(users: list[UserRef]) -> None:
+    try:
+        with tiered_cache().guarded("preload") as redis:
+            redis.delete(*[_lock_key(user) for user in users])
+    except CacheUnavailable:
+        pass  # the locks expire by themselves
+
+
+def preload_run(
+    *,
+    users: Iterator[UserRef],
+    trigger: RunTrigger,
+    users_total: int | None = None,
+    strategies: Sequence[Strategy] | None = None,
+    dry_run: bool = False,
+    account: Account | None = None,
+    requested_users: Sequence[str] = (),
+    on_user: Callable[[int], object] | None = None,
+) -> PreloadRun:
+    """Preload every user of `users`; return the finished run."""
+    run = PreloadRun.objects.create(
+        trigger=trigger,
+        account=account,
+        requested_users=list(requested_users),
+        requested_strategies=list(strategies or []),
+        dry_run=dry_run,
+        users_total=users_total,
+    )
+    token = secrets.token_hex(8)
+    skipped = 0
+    try:
+        for batch in _batches(users):
+            locked = [True] * len(batch) if dry_run else _lock(batch, token)
+            mine = [user for user, ok in zip(batch, locked, strict=True) if ok]
+            skipped += len(batch) - len(mine)
+            try:
+                configs = _configs(mine)
+                for user in mine:
+                    config = configs[(user.account.id, user.namespace, user.user_id)]
+                    result = preload_user(
+                        account=user.account,
+                        namespace=user.namespace,
+                        user_id=user.user_id,
+                        config=config,
+                        strategies=strategies,
+                        dry_run=dry_run,
+                    )
+                    run.users_done += 1
+                    run.memories += result.memories
+                    run.bytes += result.bytes
+                    if on_user is not None:
+                        on_user(1)
+            finally:
+                if not dry_run:
+                    _unlock(mine)
+            last = batch[-1]
+            run.last_user_cursor = {"account": last.account.id, "namespace": last.namespace, "user_id": last.user_id}
+            run.heartbeat_at = timezone.now()
+            run.save(update_fields=["users_done", "memories", "bytes", "last_user_cursor", "heartbeat_at"])
+    except CacheUnavailable as error:
+        run.add_error({"error": "redis_unavailable", "message": f"Run stopped: {error.__cause__ or error}"})
+        run.status = RunStatus.FAILED
+    else:
+        run.status = RunStatus.SUCCEEDED
+        if skipped:
+            run.add_error({"error": "skipped", "message": f"{skipped} users skipped: another run was preloading them"})
+    if run.users_total is None or run.users_total < run.users_done:
+        run.users_total = run.users_done
+    run.finished_at = timezone.now()
+    run.save()
+    return run

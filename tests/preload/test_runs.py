@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import socket
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+from django_redis import get_redis_connection
+
+from memories.cache import tiered_cache
+from preload.models import RunStatus, RunTrigger
+from preload.runs import _lock_key, preload_run, users_of
+from tests.factories import AccountWithKey, make_memory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_user_locked_by_another_run_is_skipped(account: AccountWithKey) -> None:
+    make_memory(account.account, "mine", importance=0.9)
+    make_memory(account.account, "theirs", user_id="u2", importance=0.9)
+    busy = next(user for user in users_of(accounts=[account.account], namespace=None) if user.user_id == "u2")
+    get_redis_connection("default").set(_lock_key(busy), "another-run", ex=60)
+
+    run = preload_run(users=users_of(accounts=[account.account], namespace=None), trigger=RunTrigger.API)
+
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.users_done == 1
+    assert run.errors[0]["error"] == "skipped"
+    assert get_redis_connection("default").get(_lock_key(busy)) == b"another-run"
+
+
+def test_without_redis_the_run_fails_soft_and_says_why(account: AccountWithKey) -> None:
+    make_memory(account.account, "mine", importance=0.9)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    caches = {"default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{port}/0"}}
+
+    with override_settings(CACHES=caches):
+        run = preload_run(users=users_of(accounts=[account.account], namespace=None), trigger=RunTrigger.SCHEDULE)
+
+    assert run.status == RunStatus.FAILED
+    assert run.finished_at is not None
+    assert run.errors[0]["error"] == "redis_unavailable"
+    tiered_cache().breaker.reset()
