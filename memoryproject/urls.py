@@ -13,6 +13,7 @@ from memoryproject import health
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("memory/preload/", include("preload.api")),
     path("memory/", include("memories.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -103,15 +103,53 @@ def preload_run(
     requested_users: Sequence[str] = (),
     on_user: Callable[[int], object] | None = None,
 ) -> PreloadRun:
-    """Preload every user of `users`; return the finished run."""
-    run = PreloadRun.objects.create(
+    """Preload every user of `users` now; return the finished run."""
+    run = run_create(
         trigger=trigger,
         account=account,
+        requested_users=requested_users,
+        strategies=strategies,
+        dry_run=dry_run,
+        users_total=users_total,
+    )
+    return run_execute(run=run, users=users, on_user=on_user)
+
+
+def run_create(
+    *,
+    trigger: RunTrigger,
+    account: Account | None,
+    requested_users: Sequence[str] = (),
+    strategies: Sequence[Strategy] | None = None,
+    dry_run: bool = False,
+    namespace: str | None = None,
+    users_total: int | None = None,
+) -> PreloadRun:
+    """A run recorded as running, for a worker to execute (the API answers with its id at once)."""
+    return PreloadRun.objects.create(
+        trigger=trigger,
+        account=account,
+        namespace=namespace,
         requested_users=list(requested_users),
         requested_strategies=list(strategies or []),
         dry_run=dry_run,
         users_total=users_total,
     )
+
+
+def run_users(run: PreloadRun) -> Iterator[UserRef]:
+    """The users a recorded run asked for: its account's (or every active account's), its ids or all."""
+    accounts = [run.account] if run.account is not None else list(Account.objects.filter(is_active=True))
+    return users_of(accounts=accounts, namespace=run.namespace, user_ids=run.requested_users)
+
+
+def run_execute(
+    *, run: PreloadRun, users: Iterator[UserRef] | None = None, on_user: Callable[[int], object] | None = None
+) -> PreloadRun:
+    """Preload the run's users, saving progress after each batch; return the finished run."""
+    users = run_users(run) if users is None else users
+    strategies = [Strategy(s) for s in run.requested_strategies] or None
+    dry_run = run.dry_run
     token = secrets.token_hex(8)
     skipped = 0
     try:
