@@ -25,4 +25,7 @@ class MemoriesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Connects the receivers that invalidate cached authentications.
+        from memories import invalidation  # noqa: F401
+
         post_migrate.connect(_ensure_schedules, sender=self, dispatch_uid="memories.ensure_schedules")

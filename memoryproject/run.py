@@ -256,6 +256,14 @@ def ensure_credentials(path: Path) -> Credentials:
     return credentials
 
 
+def queue_startup_preload() -> str:
+    """Queued for the job workers, so that serving starts before preloading ends."""
+    from preload.tasks import enqueue_startup_preload
+
+    run_id = enqueue_startup_preload()
+    return f"queued run {run_id}" if run_id else "start-up preloading is off"
+
+
 def close_database_connections() -> None:
     """Leave no connection, and no pool thread, behind: this process only supervises from now on."""
     from django.db import connections
@@ -277,6 +285,7 @@ def prepare(credentials_path: Path) -> Credentials:
     credentials = ensure_credentials(credentials_path)
     for note in credentials.notes:
         print(f"Credentials: {note}", flush=True)
+    print(f"Preload: {queue_startup_preload()}", flush=True)
     close_database_connections()
     return credentials
 

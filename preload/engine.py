@@ -25,7 +25,7 @@ from memories.models import Account
 from memories.records import memory_to_record
 from preload.config import EffectiveConfig
 from preload.options import Strategy
-from preload.strategies import PreloadItem, preload_set
+from preload.strategies import PreloadItem, preload_set, trending_set
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,27 @@ def preload_user(
             pipeline.set(key, orjson.dumps(ids), ex=config.ttl_seconds(strategy))
         pipeline.execute()
     return UserPreload(memories=len(entries), bytes=total, keys=keys)
+
+
+def trending_key(*, account_id: int, namespace: str) -> str:
+    """The spec's `preload:global:trending`, per account and namespace: trending never crosses tenants."""
+    return f"preload:{account_id}:{namespace}:global:trending"
+
+
+def preload_trending(
+    *, account: Account, namespace: str, config: EffectiveConfig, cache: TieredCache | None = None
+) -> int:
+    """Write the account's trending memory ids under its trending key; how many.
+
+    Only the ids: each memory's own entry is made under its owner's generation
+    token, by that owner's preload or first read.
+    """
+    cache = cache or tiered_cache()
+    items = trending_set(account=account, namespace=namespace, config=config)
+    with cache.guarded("preload") as redis:
+        redis.set(
+            trending_key(account_id=account.id, namespace=namespace),
+            orjson.dumps([str(item.memory.id) for item in items]),
+            ex=config.ttl_seconds(Strategy.TRENDING),
+        )
+    return len(items)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from django.utils import timezone
+from prometheus_client import Counter, Gauge, Histogram
 
 from memories.cache import CacheUnavailable, tiered_cache
 from memories.models import Account, Memory
@@ -23,6 +24,11 @@ from preload.config import EffectiveConfig, resolve_configs
 from preload.engine import preload_user
 from preload.models import PreloadRun, RunStatus, RunTrigger
 from preload.options import Strategy
+
+RUNS = Counter("preload_runs_total", "Preload runs finished", ["status"])
+DURATION = Histogram("preload_duration_seconds", "Duration of preload runs", buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300))
+MEMORIES = Gauge("preload_memories", "Memories written by the last preload run")
+BYTES = Gauge("preload_bytes", "Bytes written by the last preload run")
 
 BATCH_SIZE = 500
 # Long enough for one batch; a crashed run's locks free themselves.
@@ -192,4 +198,9 @@ def run_execute(
         run.users_total = run.users_done
     run.finished_at = timezone.now()
     run.save()
+    RUNS.labels(run.status).inc()
+    DURATION.observe((run.finished_at - run.started_at).total_seconds())
+    if not run.dry_run:
+        MEMORIES.set(run.memories)
+        BYTES.set(run.bytes)
     return run
