@@ -16,13 +16,10 @@ and with one repeated query (its vector comes from Redis).
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
-from collections.abc import Callable
 
 from django.conf import settings
-from support import TOPICS, USER, bench_user
+from support import TOPICS, USER, arguments, bench_user, timed
 
 TARGET_MS = 100.0
 
@@ -36,29 +33,15 @@ def _percentiles(samples: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), at(0.95), at(0.99)
 
 
-def _time(repeat: int, call: Callable[[int], int]) -> list[float]:
-    samples = []
-    for index in range(repeat):
-        started = time.perf_counter()
-        status = call(index)
-        samples.append((time.perf_counter() - started) * 1000)
-        if status >= 400:
-            raise SystemExit(f"request failed with {status}")
-    return samples
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--memories", type=int, default=2_000, help="memories of the measured user")
-    parser.add_argument("--repeat", type=int, default=200, help="requests per measurement")
-    args = parser.parse_args()
+    args = arguments(__doc__)
 
     with bench_user(args.memories) as user:
         client, memory_id, load_s = user.client, user.memory_id, user.load_seconds
         rows: list[tuple[str, list[float]]] = [
             (
                 "create one (embeds it)",
-                _time(
+                timed(
                     args.repeat,
                     lambda i: (
                         client.post(
@@ -69,14 +52,14 @@ def main() -> None:
                     ),
                 ),
             ),
-            ("get by id", _time(args.repeat, lambda i: client.get(f"/memory/memories/{memory_id}").status_code)),
+            ("get by id", timed(args.repeat, lambda i: client.get(f"/memory/memories/{memory_id}").status_code)),
             (
                 "list, page of 50",
-                _time(args.repeat, lambda i: client.get("/memory/memories", {"user_id": USER}).status_code),
+                timed(args.repeat, lambda i: client.get("/memory/memories", {"user_id": USER}).status_code),
             ),
             (
                 "search, new query each time",
-                _time(
+                timed(
                     args.repeat,
                     lambda i: (
                         client.get(
@@ -87,7 +70,7 @@ def main() -> None:
             ),
             (
                 "search, repeated query",
-                _time(
+                timed(
                     args.repeat,
                     lambda i: (
                         client.get(

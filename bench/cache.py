@@ -14,37 +14,25 @@ REDIS_URL, or the embedded stack.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
-from support import USER, bench_user
+from support import USER, arguments, bench_user, timed
 
 
 def _measure(repeat: int, call: Callable[[], int]) -> tuple[float, float, float]:
     """(p50 ms, p95 ms, database queries per request)."""
-    samples = []
     with CaptureQueriesContext(connection) as queries:
-        for _ in range(repeat):
-            started = time.perf_counter()
-            status = call()
-            samples.append((time.perf_counter() - started) * 1000)
-            if status >= 400:
-                raise SystemExit(f"request failed with {status}")
-    ordered = sorted(samples)
+        ordered = sorted(timed(repeat, lambda index: call()))
     return statistics.median(ordered), ordered[int(0.95 * (len(ordered) - 1))], len(queries) / repeat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--memories", type=int, default=2_000, help="memories of the measured user")
-    parser.add_argument("--repeat", type=int, default=200, help="requests per measurement")
-    args = parser.parse_args()
+    args = arguments(__doc__)
 
     with bench_user(args.memories) as user:
         client, memory_id = user.client, user.memory_id

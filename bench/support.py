@@ -3,10 +3,11 @@ embedded) servers, and a throwaway account whose user holds N memories."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,3 +61,23 @@ def bench_user(memories: int) -> Iterator[BenchUser]:
         yield BenchUser(client=client, memory_id=memory_id, load_seconds=load_seconds)
     finally:
         account.delete()
+
+
+def arguments(doc: str | None) -> argparse.Namespace:
+    """--memories and --repeat, with the script's docstring as its --help."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--memories", type=int, default=2_000, help="memories of the measured user")
+    parser.add_argument("--repeat", type=int, default=200, help="requests per measurement")
+    return parser.parse_args()
+
+
+def timed(repeat: int, call: Callable[[int], int]) -> list[float]:
+    """Milliseconds of `repeat` calls of a request (given its index); stops at an error status."""
+    samples = []
+    for index in range(repeat):
+        started = time.perf_counter()
+        status = call(index)
+        samples.append((time.perf_counter() - started) * 1000)
+        if status >= 400:
+            raise SystemExit(f"request failed with {status}")
+    return samples
