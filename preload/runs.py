@@ -190,10 +190,21 @@ def run_execute(
     except CacheUnavailable as error:
         run.add_error({"error": "redis_unavailable", "message": f"Run stopped: {error.__cause__ or error}"})
         run.status = RunStatus.FAILED
+    except Exception as error:
+        # Not left "running" for ever: the row says what stopped it, and the task shows the traceback.
+        run.add_error({"error": "failed", "message": f"{type(error).__name__}: {error}"})
+        _finish(run, RunStatus.FAILED)
+        raise
     else:
         run.status = RunStatus.SUCCEEDED
         if skipped:
             run.add_error({"error": "skipped", "message": f"{skipped} users skipped: another run was preloading them"})
+    _finish(run, run.status)
+    return run
+
+
+def _finish(run: PreloadRun, status: str) -> None:
+    run.status = status
     if run.users_total is None or run.users_total < run.users_done:
         run.users_total = run.users_done
     run.finished_at = timezone.now()
@@ -203,4 +214,3 @@ def run_execute(
     if not run.dry_run:
         MEMORIES.set(run.memories)
         BYTES.set(run.bytes)
-    return run

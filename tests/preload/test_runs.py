@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import pytest
 from django.conf import settings
@@ -8,8 +9,8 @@ from django.test import override_settings
 from django_redis import get_redis_connection
 
 from memories.cache import tiered_cache
-from preload.models import RunStatus, RunTrigger
-from preload.runs import _lock_key, preload_run, users_of
+from preload.models import PreloadRun, RunStatus, RunTrigger
+from preload.runs import UserRef, _lock_key, preload_run, users_of
 from tests.factories import AccountWithKey, make_memory
 
 pytestmark = pytest.mark.django_db
@@ -43,3 +44,19 @@ def test_without_redis_the_run_fails_soft_and_says_why(account: AccountWithKey) 
     assert run.finished_at is not None
     assert run.errors[0]["error"] == "redis_unavailable"
     tiered_cache().breaker.reset()
+
+
+def test_a_run_that_breaks_is_recorded_as_failed(account: AccountWithKey) -> None:
+    make_memory(account.account, "mine", importance=0.9)
+
+    def users_then_failure() -> Iterator[UserRef]:
+        yield from users_of(accounts=[account.account], namespace=None)
+        raise RuntimeError("lost the database")
+
+    with pytest.raises(RuntimeError):
+        preload_run(users=users_then_failure(), trigger=RunTrigger.COMMAND)
+
+    run = PreloadRun.objects.get()
+    assert run.status == RunStatus.FAILED
+    assert run.finished_at is not None
+    assert run.errors[0]["message"] == "RuntimeError: lost the database"
