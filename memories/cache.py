@@ -55,6 +55,8 @@ HITS = Counter("memory_cache_hits_total", "Cache hits", ["type", "tier"])
 MISSES = Counter("memory_cache_misses_total", "Cache misses", ["type", "tier"])
 INVALIDATIONS = Counter("memory_cache_invalidations_total", "Generations replaced by writes", ["type"])
 SIZE_BYTES = Gauge("memory_cache_size_bytes", "Bytes held by the cache", ["type", "tier"])
+PRELOAD_HITS = Counter("preload_hits_total", "Reads by id of preloaded users served from a preloaded entry")
+PRELOAD_MISSES = Counter("preload_misses_total", "Reads by id of preloaded users that went to PostgreSQL")
 BYPASSES = Counter("memory_cache_bypass_total", "Cache operations skipped because Redis is unavailable", ["type"])
 
 
@@ -374,6 +376,27 @@ class TieredCache:
         MISSES.labels(kind, tier).inc()
         self._count(self._stats.misses, (kind, tier))
 
+    # -- preloading's share of reads (preload/engine.py writes the entries and the marker)
+
+    def preload_marker_key(self, account_id: int, namespace: str, user_id: str) -> str:
+        """Present while a user's preload lives: a read by id that misses is then a preload miss."""
+        return f"{self.generation_key(account_id, namespace, user_id)}:preloaded"
+
+    def count_preload_read(self, *, hit: bool) -> None:
+        (PRELOAD_HITS if hit else PRELOAD_MISSES).inc()
+        self._count(self._stats.hits if hit else self._stats.misses, ("preload", "all"))
+
+    def preload_hit_rate(self) -> dict[str, Any]:
+        """Service-wide: of reads by id of preloaded users, how many a preloaded entry served."""
+        self._push_stats_if_due(force=True)
+        with self.guarded("stats") as redis:
+            hits, misses = redis.hmget(STATS_KEY, ["hits:preload:all", "misses:preload:all"])
+        return _rate(int(hits or 0), int(misses or 0))
+
+    def is_preloaded(self, account_id: int, namespace: str, user_id: str) -> bool:
+        with self.guarded("preload") as redis:
+            return bool(redis.exists(self.preload_marker_key(account_id, namespace, user_id)))
+
     def _push_stats_if_due(self, *, force: bool = False) -> None:
         """Every process adds its counts to one Redis hash, at most once a second,
         so that /memory/cache/stats can show the whole service's numbers."""
@@ -426,6 +449,7 @@ class TieredCache:
         return {
             "types": types,
             "user_invalidations": counts.get("invalidations:user", 0),
+            "preload": _rate(counts.get("hits:preload:all", 0), counts.get("misses:preload:all", 0)),
             "redis": "open" if self.breaker.is_open else "ok",
         }
 
@@ -440,6 +464,10 @@ class TieredCache:
 
 
 STATS_KEY = "cache:stats"
+
+
+def _rate(hits: int, misses: int) -> dict[str, Any]:
+    return {"hits": hits, "misses": misses, "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None}
 
 
 def _text(value: bytes | str) -> str:

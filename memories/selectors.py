@@ -140,6 +140,8 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
             raise Memory.DoesNotExist("No such memory.")
         generation = cache.generation(account.id, *owner)
         memory = _live(account).defer(*DEFERRED).get(pk=memory_id)
+        if cache.is_preloaded(account.id, *owner):
+            cache.count_preload_read(hit=False)
         return {"gen": generation, "memory": memory_to_record(memory)}
 
     entry = cache.get_or_set(
@@ -151,6 +153,9 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
         ttl=lambda entry: _ttl(ttl, [entry["memory"]]),
         valid=valid,
     )
+    if entry.get("preloaded"):
+        # Only a cached entry carries the mark: what load() returns never does.
+        cache.count_preload_read(hit=True)
     return memory_from_record(entry["memory"])
 
 

@@ -116,8 +116,17 @@ class UserStatusSerializer(serializers.Serializer[Any]):
     strategies = serializers.DictField(child=StrategyKeySerializer())
 
 
+class HitRateSerializer(serializers.Serializer[Any]):
+    hits = serializers.IntegerField()
+    misses = serializers.IntegerField()
+    hit_rate = serializers.FloatField(allow_null=True)
+
+
 class StatusSerializer(serializers.Serializer[Any]):
     current = RunSerializer(many=True)
+    hit_rate = HitRateSerializer(
+        allow_null=True, help_text="service-wide: of reads by id of preloaded users, how many a preloaded entry served"
+    )
     last = RunSerializer(many=True, help_text="the last 10 finished runs")
     user = UserStatusSerializer(required=False, help_text="with user_id: the user's preload keys now")
 
@@ -143,6 +152,10 @@ class StatusView(APIView):
             ).data,
             "last": RunSerializer(runs.exclude(status=RunStatus.RUNNING).order_by("-started_at")[:10], many=True).data,
         }
+        try:
+            body["hit_rate"] = tiered_cache().preload_hit_rate()
+        except CacheUnavailable:
+            body["hit_rate"] = None
         if "user_id" in params.validated_data:
             body["user"] = _user_status(
                 account.id, params.validated_data["namespace"], params.validated_data["user_id"]

@@ -76,7 +76,7 @@ def preload_user(
         ttl = _ttl(item, config, now)
         if ttl <= 0:
             continue
-        value = orjson.dumps({"gen": generation, "memory": memory_to_record(item.memory)})
+        value = orjson.dumps({"gen": generation, "memory": memory_to_record(item.memory), "preloaded": True})
         entries.append((cache_key("memory", item.memory.id), value, ttl))
         for strategy in item.strategies:
             key = strategy_key(account_id=account.id, namespace=namespace, user_id=user_id, strategy=strategy)
@@ -91,6 +91,10 @@ def preload_user(
         for key, ids in keys.items():
             strategy = Strategy(key.rsplit(":", 1)[1])
             pipeline.set(key, orjson.dumps(ids), ex=config.ttl_seconds(strategy))
+        if entries:
+            longest = max(ttl for _, _, ttl in entries)
+            marker = cache.preload_marker_key(account.id, namespace, user_id)
+            pipeline.set(marker, 1, px=max(int(longest * 1000), 1))
         pipeline.execute()
     return UserPreload(memories=len(entries), bytes=total, keys=keys)
 

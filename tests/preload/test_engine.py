@@ -98,3 +98,17 @@ def test_without_redis_preloading_fails_with_cache_unavailable(account: AccountW
 
     with override_settings(CACHES=caches), pytest.raises(CacheUnavailable):
         _preload(account.account)
+
+
+def test_reads_of_preloaded_users_count_as_preload_hits_or_misses(account: AccountWithKey, api: Any) -> None:
+    preloaded = make_memory(account.account, "User flies to Lisbon monthly", importance=0.9)
+    not_chosen = make_memory(account.account, "Old and unimportant", importance=0.1)
+    Memory.objects.filter(pk=not_chosen.pk).update(created_at="2001-01-01T00:00:00Z")
+    _preload(account.account)
+    tiered_cache().local.clear()
+
+    api.get(f"/memory/memories/{preloaded.id}")  # served by the preload
+    api.get(f"/memory/memories/{not_chosen.id}")  # the user is preloaded, this memory was not
+
+    assert api.get("/memory/preload/status").json()["hit_rate"] == {"hits": 1, "misses": 1, "hit_rate": 0.5}
+    assert api.get("/memory/cache/stats").json()["preload"]["hits"] == 1
