@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from django.db.models import Q
 from django.urls import path
 from django_q.tasks import async_task
 from drf_spectacular.utils import extend_schema
@@ -51,6 +52,9 @@ class TriggerSerializer(StrictSerializer):
 
 class RunSerializer(serializers.ModelSerializer[PreloadRun]):
     duration_seconds = serializers.SerializerMethodField()
+    covers = serializers.SerializerMethodField(
+        help_text="account: your account's run; service: a run over every account"
+    )
 
     class Meta:
         model = PreloadRun
@@ -72,8 +76,12 @@ class RunSerializer(serializers.ModelSerializer[PreloadRun]):
             "error_count",
             "errors",
             "duration_seconds",
+            "covers",
         ]
         read_only_fields = fields
+
+    def get_covers(self, run: PreloadRun) -> str:
+        return "service" if run.account_id is None else "account"
 
     def get_duration_seconds(self, run: PreloadRun) -> float | None:
         duration = run.duration
@@ -145,7 +153,8 @@ class StatusView(APIView):
         params = StatusQuerySerializer(data=request.query_params.dict())
         params.is_valid(raise_exception=True)
         account = caller(request).account
-        runs = PreloadRun.objects.filter(account=account)
+        # Runs for every account (start-up, schedule) covered this one too.
+        runs = PreloadRun.objects.filter(Q(account=account) | Q(account__isnull=True))
         body: dict[str, Any] = {
             "current": RunSerializer(
                 runs.filter(status=RunStatus.RUNNING).order_by("-started_at")[:10], many=True

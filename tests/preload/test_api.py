@@ -5,7 +5,7 @@ from django_q.models import OrmQ
 from rest_framework.test import APIClient
 
 from preload.models import PreloadConfig, PreloadRun, RunStatus
-from preload.tasks import execute_preload_run
+from preload.tasks import execute_preload_run, refresh_all
 from tests.factories import AccountWithKey, make_memory
 
 pytestmark = pytest.mark.django_db
@@ -80,3 +80,11 @@ def test_preload_endpoints_need_a_key(db: None) -> None:
     assert client.get("/memory/preload/status").status_code == 401
     assert client.post("/memory/preload/trigger", {"all": True}, format="json").status_code == 401
     assert client.get("/memory/preload/config").status_code == 401
+
+
+def test_service_wide_runs_show_in_every_accounts_status(api: APIClient, account: AccountWithKey) -> None:
+    make_memory(account.account, "User likes tea")
+    refresh_all()
+
+    last = api.get("/memory/preload/status").json()["last"]
+    assert [(run["trigger"], run["covers"]) for run in last] == [("schedule", "service")]
