@@ -14,7 +14,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
+from django.db.models import Q
 from django.utils import timezone
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -31,6 +34,8 @@ MEMORIES = Gauge("preload_memories", "Memories written by the last preload run")
 BYTES = Gauge("preload_bytes", "Bytes written by the last preload run")
 
 BATCH_SIZE = 500
+# A run saves a heartbeat after every batch (seconds apart): silent this long, its worker is gone.
+STALE_AFTER = timedelta(minutes=10)
 # Long enough for one batch; a crashed run's locks free themselves.
 LOCK_SECONDS = 120
 
@@ -42,10 +47,25 @@ class UserRef:
     user_id: str
 
 
-def users_of(*, accounts: Sequence[Account], namespace: str | None, user_ids: Sequence[str] = ()) -> Iterator[UserRef]:
-    """The users to preload, in a fixed order: the given ids, or every user with memories."""
+def users_of(
+    *,
+    accounts: Sequence[Account],
+    namespace: str | None,
+    user_ids: Sequence[str] = (),
+    after: dict[str, Any] | None = None,
+) -> Iterator[UserRef]:
+    """The users to preload, in a fixed order: the given ids, or every user with memories.
+
+    `after` (a run's last_user_cursor) skips every user up to and including it.
+    """
     for account in sorted(accounts, key=lambda a: a.id):
+        if after is not None and account.id < after["account"]:
+            continue
         rows = Memory.objects.filter(account=account)
+        if after is not None and account.id == after["account"]:
+            rows = rows.filter(
+                Q(namespace__gt=after["namespace"]) | Q(namespace=after["namespace"], user_id__gt=after["user_id"])
+            )
         if namespace is not None:
             rows = rows.filter(namespace=namespace)
         if user_ids:
@@ -146,7 +166,27 @@ def run_create(
 def run_users(run: PreloadRun) -> Iterator[UserRef]:
     """The users a recorded run asked for: its account's (or every active account's), its ids or all."""
     accounts = [run.account] if run.account is not None else list(Account.objects.filter(is_active=True))
-    return users_of(accounts=accounts, namespace=run.namespace, user_ids=run.requested_users)
+    return users_of(
+        accounts=accounts, namespace=run.namespace, user_ids=run.requested_users, after=run.last_user_cursor
+    )
+
+
+def resume_stale_runs(*, silent_for: timedelta = STALE_AFTER) -> list[PreloadRun]:
+    """Finish runs whose worker died: running, with no heartbeat for `silent_for`.
+
+    Each is claimed with a conditional update of its heartbeat, so two
+    resumers never take the same run; it goes on after its last saved user.
+    """
+    resumed = []
+    cutoff = timezone.now() - silent_for
+    for run in PreloadRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).order_by("heartbeat_at"):
+        claimed = PreloadRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, heartbeat_at=run.heartbeat_at).update(
+            heartbeat_at=timezone.now()
+        )
+        if claimed:
+            run.refresh_from_db()
+            resumed.append(run_execute(run=run))
+    return resumed
 
 
 def run_execute(

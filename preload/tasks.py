@@ -11,7 +11,7 @@ from memories.schedules import ensure_schedule
 from preload.config import account_config, global_config
 from preload.engine import preload_trending
 from preload.models import PreloadRun, RunStatus, RunTrigger
-from preload.runs import run_create, run_execute
+from preload.runs import resume_stale_runs, run_create, run_execute
 
 REFRESH_SCHEDULE = "preload.refresh"
 TRENDING_SCHEDULE = "preload.trending"
@@ -28,6 +28,7 @@ def execute_preload_run(run_id: str) -> str:
 
 def refresh_all() -> str:
     """The scheduled refresh: every user again, when background refresh is on."""
+    resume_stale_runs()
     if not global_config().background_refresh:
         return "background refresh is off"
     return execute_preload_run(str(run_create(trigger=RunTrigger.SCHEDULE, account=None).id))

@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.test import override_settings
+from django.utils import timezone
 from django_redis import get_redis_connection
 
 from memories.cache import tiered_cache
 from preload.models import PreloadRun, RunStatus, RunTrigger
-from preload.runs import UserRef, _lock_key, preload_run, users_of
+from preload.runs import UserRef, _lock_key, preload_run, resume_stale_runs, run_create, users_of
 from tests.factories import AccountWithKey, make_memory
 
 pytestmark = pytest.mark.django_db
@@ -60,3 +62,21 @@ def test_a_run_that_breaks_is_recorded_as_failed(account: AccountWithKey) -> Non
     assert run.status == RunStatus.FAILED
     assert run.finished_at is not None
     assert run.errors[0]["message"] == "RuntimeError: lost the database"
+
+
+def test_a_run_whose_worker_died_is_resumed_after_its_last_user(account: AccountWithKey) -> None:
+    for user_id in ("u1", "u2", "u3"):
+        make_memory(account.account, f"memory of {user_id}", user_id=user_id, importance=0.9)
+    stale = run_create(trigger=RunTrigger.API, account=account.account)
+    PreloadRun.objects.filter(pk=stale.pk).update(
+        users_done=1,
+        last_user_cursor={"account": account.account.id, "namespace": "default", "user_id": "u1"},
+        heartbeat_at=timezone.now() - timedelta(hours=1),
+    )
+
+    (resumed,) = resume_stale_runs()
+
+    assert resumed.pk == stale.pk
+    assert resumed.status == RunStatus.SUCCEEDED
+    assert resumed.users_done == 3  # u2 and u3 now, u1 before
+    assert resume_stale_runs() == []
