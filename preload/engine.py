@@ -23,6 +23,8 @@ from django.utils import timezone
 from memories.cache import TieredCache, cache_key, tiered_cache
 from memories.models import Account
 from memories.records import memory_to_record
+from preload.budget import Budget
+from preload.budget import Entry as BudgetEntry
 from preload.config import EffectiveConfig
 from preload.options import Strategy
 from preload.strategies import PreloadItem, preload_set, trending_set
@@ -58,9 +60,12 @@ def preload_user(
     strategies: Sequence[Strategy] | None = None,
     dry_run: bool = False,
     cache: TieredCache | None = None,
+    budget: Budget | None = None,
 ) -> UserPreload:
     """Choose the user's preload set and write it to Redis in one pipeline.
 
+    With a `budget`, only what it admits is written, and the entries it gives
+    back (less valuable ones of earlier users) are deleted in the same pipeline.
     Raises CacheUnavailable when Redis cannot be used (the caller records it
     and goes on: preloading fails soft). With `dry_run`, chooses but writes nothing.
     """
@@ -70,14 +75,23 @@ def preload_user(
     items = preload_set(
         account=account, namespace=namespace, user_id=user_id, config=config, strategies=strategies, now=now
     )
-    entries: list[tuple[str, bytes, float]] = []
-    keys: dict[str, list[str]] = {}
+    chosen: dict[str, tuple[PreloadItem, bytes, float]] = {}
     for item in items:
         ttl = _ttl(item, config, now)
-        if ttl <= 0:
-            continue
-        value = orjson.dumps({"gen": generation, "memory": memory_to_record(item.memory), "preloaded": True})
-        entries.append((cache_key("memory", item.memory.id), value, ttl))
+        if ttl > 0:
+            value = orjson.dumps({"gen": generation, "memory": memory_to_record(item.memory), "preloaded": True})
+            chosen[cache_key("memory", item.memory.id)] = (item, value, ttl)
+    evicted: list[str] = []
+    if budget is not None:
+        offered = [
+            BudgetEntry(score=item.score.total, size=len(key) + len(value), key=key)
+            for key, (item, value, _) in chosen.items()
+        ]
+        admitted, evicted = budget.admit(offered)
+        chosen = {entry.key: chosen[entry.key] for entry in admitted}
+    entries = [(key, value, ttl) for key, (_, value, ttl) in chosen.items()]
+    keys: dict[str, list[str]] = {}
+    for item, _, _ in chosen.values():
         for strategy in item.strategies:
             key = strategy_key(account_id=account.id, namespace=namespace, user_id=user_id, strategy=strategy)
             keys.setdefault(key, []).append(str(item.memory.id))
@@ -86,6 +100,8 @@ def preload_user(
         return UserPreload(memories=len(entries), bytes=total, keys=keys)
     with cache.guarded("preload") as redis:
         pipeline = redis.pipeline(transaction=False)
+        if evicted:
+            pipeline.delete(*evicted)
         for key, value, ttl in entries:
             pipeline.set(key, value, px=max(int(ttl * 1000), 1))
         for key, ids in keys.items():

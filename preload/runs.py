@@ -23,7 +23,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from memories.cache import CacheUnavailable, tiered_cache
 from memories.models import Account, Memory
-from preload.config import EffectiveConfig, resolve_configs
+from preload.budget import Budget
+from preload.config import EffectiveConfig, global_config, resolve_configs
 from preload.engine import preload_user
 from preload.models import PreloadRun, RunStatus, RunTrigger
 from preload.options import Strategy
@@ -198,6 +199,7 @@ def run_execute(
     dry_run = run.dry_run
     token = secrets.token_hex(8)
     skipped = 0
+    budget = Budget(global_config().memory_budget_bytes)
     try:
         for batch in _batches(users):
             locked = [True] * len(batch) if dry_run else _lock(batch, token)
@@ -207,17 +209,18 @@ def run_execute(
                 configs = _configs(mine)
                 for user in mine:
                     config = configs[(user.account.id, user.namespace, user.user_id)]
-                    result = preload_user(
+                    preload_user(
                         account=user.account,
                         namespace=user.namespace,
                         user_id=user.user_id,
                         config=config,
                         strategies=strategies,
                         dry_run=dry_run,
+                        budget=budget,
                     )
                     run.users_done += 1
-                    run.memories += result.memories
-                    run.bytes += result.bytes
+                    # What the run holds in Redis now: entries given back to the budget are gone.
+                    run.memories, run.bytes = budget.count, budget.total
                     if on_user is not None:
                         on_user(1)
             finally:

@@ -1,0 +1,46 @@
+"""The byte budget of a preload run: never more than it in Redis, the least valuable out first.
+
+The run offers each user's entries, best first; the budget admits what fits
+and, to make room for a better entry, gives back the worst entries admitted
+so far (the caller deletes them from Redis). It keeps one small tuple per
+admitted entry, so its memory is bounded by the budget itself.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(order=True, frozen=True)
+class Entry:
+    score: float
+    size: int
+    key: str = field(compare=False)
+
+
+class Budget:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.total = 0
+        self._admitted: list[Entry] = []  # a min-heap: the least valuable on top
+
+    @property
+    def count(self) -> int:
+        return len(self._admitted)
+
+    def admit(self, entries: Sequence[Entry]) -> tuple[list[Entry], list[str]]:
+        """(the entries to write, the keys written before to delete) to stay within the budget."""
+        admitted: list[Entry] = []
+        evicted: list[str] = []
+        for entry in sorted(entries, reverse=True):
+            while self.total + entry.size > self.max_bytes and self._admitted and self._admitted[0].score < entry.score:
+                victim = heapq.heappop(self._admitted)
+                self.total -= victim.size
+                evicted.append(victim.key)
+            if self.total + entry.size <= self.max_bytes:
+                heapq.heappush(self._admitted, entry)
+                self.total += entry.size
+                admitted.append(entry)
+        return admitted, evicted
