@@ -34,6 +34,8 @@ test: lint
 bench: $(STAMP)
 	$(PY) bench/embedding.py
 	$(PY) bench/api_latency.py
+	$(PY) bench/cache.py
+	$(PY) bench/preloading.py
 
 # Stops nothing: stop `make run` first. Removes the embedded databases' data.
 clean-data:

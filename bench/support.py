@@ -23,6 +23,8 @@ from rest_framework.test import APIClient  # noqa: E402
 
 from memories.models import Account, ApiKey  # noqa: E402
 
+__all__ = ["TOPICS", "USER", "APIClient", "BenchUser", "arguments", "bench_user", "timed"]
+
 TOPICS = ["flights", "food", "family", "work", "music", "sports", "health", "books", "travel", "pets"]
 USER = "bench-user"
 
