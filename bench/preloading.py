@@ -25,10 +25,10 @@ import time
 
 from django.db import connection
 from django_redis import get_redis_connection
-from support import APIClient  # first: support sets Django up
+from support import APIClient, bench_account  # first: support sets Django up
 
 from memories.cache import tiered_cache
-from memories.models import Account, ApiKey
+from memories.models import Account
 from preload.models import RunTrigger
 from preload.runs import preload_run, users_of
 
@@ -84,11 +84,7 @@ def main() -> None:
 
     cache = tiered_cache()
     redis = get_redis_connection("default")
-    account = Account.objects.create(name=f"bench-{time.time_ns()}")
-    try:
-        _, key = ApiKey.generate(account=account, name="bench")
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    with bench_account() as (account, client):
         started = time.perf_counter()
         _fill(account, args.users, args.per_user)
         fill_s = time.perf_counter() - started
@@ -108,9 +104,7 @@ def main() -> None:
         memory_after = int(redis.info("memory")["used_memory"])
         warm = _first_requests(client, hot)
         rate = cache.preload_hit_rate()
-    finally:
-        account.delete()
-        cache.clear()
+    cache.clear()
 
     cold_p50, warm_p50 = statistics.median(cold), statistics.median(warm)
     per_second = run.memories / preload_s if preload_s else 0.0

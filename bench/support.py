@@ -23,7 +23,7 @@ from rest_framework.test import APIClient  # noqa: E402
 
 from memories.models import Account, ApiKey  # noqa: E402
 
-__all__ = ["TOPICS", "USER", "APIClient", "BenchUser", "arguments", "bench_user", "timed"]
+__all__ = ["TOPICS", "USER", "APIClient", "BenchUser", "arguments", "bench_account", "bench_user", "timed"]
 
 TOPICS = ["flights", "food", "family", "work", "music", "sports", "health", "books", "travel", "pets"]
 USER = "bench-user"
@@ -38,14 +38,23 @@ class BenchUser:
 
 
 @contextmanager
-def bench_user(memories: int) -> Iterator[BenchUser]:
-    """A new account and API client; its user gets `memories` memories through the
-    batch endpoint (one embedding call per 1,000). Everything is deleted after."""
+def bench_account() -> Iterator[tuple[Account, APIClient]]:
+    """A new account and an API client with its key; the account and all it holds are deleted after."""
     account = Account.objects.create(name=f"bench-{time.time_ns()}")
     try:
         _, key = ApiKey.generate(account=account, name="bench")
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        yield account, client
+    finally:
+        account.delete()
+
+
+@contextmanager
+def bench_user(memories: int) -> Iterator[BenchUser]:
+    """A new account whose user gets `memories` memories through the batch
+    endpoint (one embedding call per 1,000). Everything is deleted after."""
+    with bench_account() as (_, client):
         started = time.perf_counter()
         for offset in range(0, memories, 1_000):
             items = [
@@ -61,8 +70,6 @@ def bench_user(memories: int) -> Iterator[BenchUser]:
         load_seconds = time.perf_counter() - started
         memory_id = client.get("/memory/memories", {"user_id": USER, "limit": "1"}).json()["results"][0]["id"]
         yield BenchUser(client=client, memory_id=memory_id, load_seconds=load_seconds)
-    finally:
-        account.delete()
 
 
 def arguments(doc: str | None) -> argparse.Namespace:
