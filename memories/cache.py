@@ -162,6 +162,12 @@ class CircuitBreaker:
         self.on_close: Callable[[], None] | None = None
 
     @property
+    def failures(self) -> int:
+        """Redis failures in a row so far (reset by a success)."""
+        with self._lock:
+            return self._failures
+
+    @property
     def is_open(self) -> bool:
         with self._lock:
             return self._opened_at is not None and time.monotonic() - self._opened_at < self.cooldown
