@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import secrets
 import threading
@@ -344,7 +345,6 @@ class TieredCache:
         except CacheUnavailable:
             return
         self.local.set(key, raw, kind=kind, ttl=min(ttl, _config()["L1_TTL"]))
-        self._push_stats_if_due()
 
     def delete(self, kind: str, key: str) -> None:
         self.forget(kind, [key])
@@ -373,6 +373,8 @@ class TieredCache:
     def _count(self, table: dict[Any, int], key: Any, amount: int = 1) -> None:
         with self._stats_lock:
             table[key] = table.get(key, 0) + amount
+        # From here, not only from set(): a process that serves nothing but hits must report them too.
+        self._push_stats_if_due()
 
     def _hit(self, kind: str, tier: str) -> None:
         HITS.labels(kind, tier).inc()
@@ -483,13 +485,18 @@ def _text(value: bytes | str) -> str:
 def _l2_sizes(redis: Redis) -> dict[str, tuple[int, int]]:
     """(entries, bytes) per type in Redis, from a bounded SCAN: stats are for people, not hot paths."""
     sizes: dict[str, list[int]] = {kind: [0, 0] for kind in CACHE_TYPES}
-    for n, name in enumerate(redis.scan_iter(match="c:*", count=1000)):
-        if n >= 100_000:
-            break
-        kind = _text(name).split(":", 2)[1]
-        if kind in sizes:
-            sizes[kind][0] += 1
-            sizes[kind][1] += int(redis.memory_usage(name) or 0)
+    names = list(itertools.islice(redis.scan_iter(match="c:*", count=1000), 100_000))
+    for start in range(0, len(names), 1_000):
+        chunk = names[start : start + 1_000]
+        # One round trip per thousand keys, not one per key.
+        pipeline = redis.pipeline(transaction=False)
+        for name in chunk:
+            pipeline.memory_usage(name)
+        for name, usage in zip(chunk, pipeline.execute(), strict=True):
+            kind = _text(name).split(":", 2)[1]
+            if kind in sizes:
+                sizes[kind][0] += 1
+                sizes[kind][1] += int(usage or 0)
     return {kind: (entries, size) for kind, (entries, size) in sizes.items()}
 
 
