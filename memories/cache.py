@@ -34,7 +34,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -264,15 +264,24 @@ class TieredCache:
 
     def generation(self, account_id: int, namespace: str, user_id: str) -> str:
         """The user's current token; a missing one (first read, or Redis lost it) is created."""
-        key = self.generation_key(account_id, namespace, user_id)
+        return self.generations(account_id, namespace, [user_id])[user_id]
+
+    def generations(self, account_id: int, namespace: str, user_ids: Sequence[str]) -> dict[str, str]:
+        """generation() of many users of a namespace in two round trips at most (a preload batch)."""
+        keys = [self.generation_key(account_id, namespace, user_id) for user_id in user_ids]
         with self.guarded("generation") as redis:
-            token = redis.get(key)
-            if token is None:
+            found = dict(zip(user_ids, redis.mget(keys), strict=True)) if keys else {}
+            tokens = {user_id: _text(token) for user_id, token in found.items() if token is not None}
+            missing = [(user_id, key) for user_id, key in zip(user_ids, keys, strict=True) if user_id not in tokens]
+            if missing:
                 # SET NX GET (Redis 7): two first readers agree on one token.
-                fresh = secrets.token_hex(8)
-                existing = redis.set(key, fresh, nx=True, get=True)
-                token = existing if isinstance(existing, (bytes, str)) else fresh
-        return _text(token)
+                fresh = {user_id: secrets.token_hex(8) for user_id, _ in missing}
+                pipeline = redis.pipeline(transaction=False)
+                for user_id, key in missing:
+                    pipeline.set(key, fresh[user_id], nx=True, get=True)
+                for (user_id, _), existing in zip(missing, pipeline.execute(), strict=True):
+                    tokens[user_id] = _text(existing) if isinstance(existing, bytes | str) else fresh[user_id]
+        return tokens
 
     def invalidate_users(self, users: set[tuple[int, str, str]]) -> bool:
         """Replace the users' tokens: every entry derived from their memories is unreachable.
@@ -386,9 +395,10 @@ class TieredCache:
 
     # -- preloading's share of reads (preload/engine.py writes the entries and the marker)
 
-    def preload_marker_key(self, account_id: int, namespace: str, user_id: str) -> str:
+    @staticmethod
+    def preload_marker_key(account_id: int, namespace: str, user_id: str) -> str:
         """Present while a user's preload lives: a read by id that misses is then a preload miss."""
-        return f"{self.generation_key(account_id, namespace, user_id)}:preloaded"
+        return f"{TieredCache.generation_key(account_id, namespace, user_id)}:preloaded"
 
     def count_preload_read(self, *, hit: bool) -> None:
         (PRELOAD_HITS if hit else PRELOAD_MISSES).inc()
@@ -503,6 +513,13 @@ def _l2_sizes(redis: Redis) -> dict[str, tuple[int, int]]:
 def cache_key(kind: str, *parts: object) -> str:
     """Keys of cached values: `c:<type>:<digest of the parts>`."""
     return f"c:{kind}:{_digest(*parts)}"
+
+
+def memory_key_sql(id_sql: str) -> str:
+    """cache_key("memory", <uuid>) as SQL over a uuid expression: for writing
+    many memories' entries (preloading) without hashing each key in Python."""
+    digest = f"left(encode(sha256(convert_to('[\"' || ({id_sql})::text || '\"]', 'UTF8')), 'hex'), 32)"
+    return f"('c:memory:' || {digest})"
 
 
 _cache: TieredCache | None = None

@@ -53,3 +53,29 @@ def score(
     weight_sum = sum(weights[name] for name in PARTS) or 1.0
     total = sum(weights[name] * parts[name] for name in PARTS) / weight_sum
     return Score(total=round(total, 6), parts={name: round(value, 6) for name, value in parts.items()})
+
+
+def score_sql(
+    *,
+    updated_at: str,
+    importance: str,
+    access_count: str,
+    pinned: str,
+    now: str,
+    weights: Mapping[str, float],
+    half_life_days: float,
+) -> str:
+    """score(...).total without a query (similarity and keyword 0), as a SQL
+    expression over the given column expressions: for ranking many rows in
+    the database (preloading) instead of in Python. `now` is a SQL expression
+    or placeholder of the same instant score() would get."""
+    weight_sum = sum(weights[name] for name in PARTS) or 1.0
+    age_days = f"greatest(extract(epoch FROM ({now} - {updated_at}))::float8, 0) / 86400.0"
+    parts = {
+        "recency": f"power(0.5, {age_days} / {float(half_life_days)!r})",
+        "importance": f"{importance}::float8",
+        "frequency": f"({access_count}::float8 / ({access_count}::float8 + {_FREQUENCY_SATURATION!r}))",
+        "pinned": f"(CASE WHEN {pinned} THEN 1.0 ELSE 0.0 END)",
+    }
+    total = " + ".join(f"{float(weights[name])!r} * {sql}" for name, sql in parts.items())
+    return f"round(((({total}) / {float(weight_sum)!r}))::numeric, 6)::float8"

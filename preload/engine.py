@@ -13,21 +13,20 @@ after the read replaces the token, so nothing written here can outlive it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
 from django.utils import timezone
 
-from memories.cache import TieredCache, cache_key, tiered_cache
+from memories.cache import TieredCache, tiered_cache
 from memories.models import Account
-from memories.records import memory_to_record
 from preload.budget import Budget
-from preload.budget import Entry as BudgetEntry
 from preload.config import EffectiveConfig
 from preload.options import Strategy
-from preload.strategies import PreloadItem, preload_set, trending_set
+from preload.strategies import PreloadItem, preload_sets, trending_set
 
 
 @dataclass(frozen=True)
@@ -43,12 +42,189 @@ def strategy_key(*, account_id: int, namespace: str, user_id: str, strategy: str
     return f"preload:{account_id}:{namespace}:{user_id}:{strategy}"
 
 
-def _ttl(item: PreloadItem, config: EffectiveConfig, now: datetime) -> float:
-    """The longest lifetime among the strategies that chose it, never past the memory's expiry."""
-    ttl = float(max(config.ttl_seconds(strategy) for strategy in item.strategies))
-    if item.memory.expires_at is not None:
-        ttl = min(ttl, (item.memory.expires_at - now).total_seconds())
-    return ttl
+@dataclass
+class Writes:
+    """What a preload puts into Redis: keys to delete first, then (key, value, TTL in ms) to set."""
+
+    evicted: list[str] = field(default_factory=list)
+    entries: list[tuple[str, str | bytes, int]] = field(default_factory=list)
+
+
+def _ttls(config: EffectiveConfig, strategies: tuple[Strategy, ...]) -> float:
+    return float(max(config.ttl_seconds(strategy) for strategy in strategies))
+
+
+def _user_writes(
+    *,
+    account_id: int,
+    namespace: str,
+    user_id: str,
+    items: list[PreloadItem],
+    config: EffectiveConfig,
+    budget: Budget | None,
+    writes: Writes,
+    now: datetime,
+) -> UserPreload:
+    # Each entry lives as long as the longest-lived strategy that chose it, never past the memory's expiry.
+    lifetimes: dict[tuple[Strategy, ...], float] = {}
+    chosen: list[tuple[PreloadItem, float]] = []
+    for item in items:
+        ttl = lifetimes.get(item.strategies)
+        if ttl is None:
+            ttl = lifetimes[item.strategies] = _ttls(config, item.strategies)
+        if item.expires_at is not None:
+            ttl = min(ttl, (item.expires_at - now).total_seconds())
+        if ttl > 0:
+            chosen.append((item, ttl))
+    if budget is not None:
+        admitted, given_back = budget.admit([(item.score, item.size, item.key) for item, _ in chosen])
+        writes.evicted += given_back
+        if len(admitted) < len(chosen):
+            kept = set(admitted)
+            chosen = [(item, ttl) for item, ttl in chosen if item.key in kept]
+    keys: dict[str, list[str]] = {}
+    for item, ttl in chosen:
+        writes.entries.append((item.key, item.entry, max(int(ttl * 1000), 1)))
+        for strategy in item.strategies:
+            key = strategy_key(account_id=account_id, namespace=namespace, user_id=user_id, strategy=strategy)
+            keys.setdefault(key, []).append(item.memory_id)
+    for key, ids in keys.items():
+        writes.entries.append((key, orjson.dumps(ids), config.ttl_seconds(Strategy(key.rsplit(":", 1)[1])) * 1000))
+    if chosen:
+        longest = max(ttl for _, ttl in chosen)
+        marker = TieredCache.preload_marker_key(account_id, namespace, user_id)
+        writes.entries.append((marker, b"1", max(int(longest * 1000), 1)))
+    return UserPreload(memories=len(chosen), bytes=sum(item.size for item, _ in chosen), keys=keys)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The preload sets of some users of one namespace, not yet written."""
+
+    account_id: int
+    namespace: str
+    configs: Mapping[str, EffectiveConfig]
+    sets: dict[str, list[PreloadItem]]
+    now: datetime
+
+
+def choose(
+    *,
+    account: Account,
+    namespace: str,
+    configs: Mapping[str, EffectiveConfig],
+    strategies: Sequence[Strategy] | None = None,
+    dry_run: bool = False,
+    cache: TieredCache | None = None,
+) -> Chosen:
+    """The preload sets of the users of `configs` (ids to configurations), each
+    entry made under its user's generation token. Touches no shared state: a
+    run chooses several batches at once, on several connections."""
+    cache = cache or tiered_cache()
+    # Tokens before rows, as the selectors read them (see the module's docstring).
+    generations = {} if dry_run else cache.generations(account.id, namespace, list(configs))
+    now = timezone.now()
+    sets = preload_sets(
+        account=account, namespace=namespace, configs=configs, strategies=strategies, generations=generations, now=now
+    )
+    return Chosen(account_id=account.id, namespace=namespace, configs=configs, sets=sets, now=now)
+
+
+def plan(chosen: Chosen, *, budget: Budget | None = None) -> tuple[Writes, dict[str, UserPreload]]:
+    """What writing `chosen` takes, within the `budget` (whose entries it gives
+    back, less valuable ones of earlier users, are deleted first), and what
+    each user will hold. Batches must be planned in the order they are written."""
+    writes = Writes()
+    done = {
+        user_id: _user_writes(
+            account_id=chosen.account_id,
+            namespace=chosen.namespace,
+            user_id=user_id,
+            items=items,
+            config=chosen.configs[user_id],
+            budget=budget,
+            writes=writes,
+            now=chosen.now,
+        )
+        for user_id, items in chosen.sets.items()
+    }
+    if writes.evicted:
+        # A later user of this batch may have outbid an earlier one: that entry is not written at all.
+        gone = set(writes.evicted)
+        writes.entries = [entry for entry in writes.entries if entry[0] not in gone]
+    return writes, done
+
+
+def preload_users(
+    *,
+    account: Account,
+    namespace: str,
+    configs: Mapping[str, EffectiveConfig],
+    strategies: Sequence[Strategy] | None = None,
+    dry_run: bool = False,
+    cache: TieredCache | None = None,
+    budget: Budget | None = None,
+) -> dict[str, UserPreload]:
+    """Choose the preload sets of the users of `configs` and write them to Redis now.
+
+    Raises CacheUnavailable when Redis cannot be used (the caller records it
+    and goes on: preloading fails soft). With `dry_run`, chooses but writes nothing.
+    """
+    cache = cache or tiered_cache()
+    chosen = choose(
+        account=account, namespace=namespace, configs=configs, strategies=strategies, dry_run=dry_run, cache=cache
+    )
+    writes, done = plan(chosen, budget=budget)
+    if not dry_run:
+        write(cache, writes)
+    return done
+
+
+# SET key value PX ms for each key: one command carries a thousand entries, so
+# a million-memory preload costs the client a thousand commands to encode,
+# not a million (redis-py spends ~10 us on each).
+_SET_ALL = """
+for i, key in ipairs(KEYS) do
+    redis.call('SET', key, ARGV[2 * i - 1], 'PX', ARGV[2 * i])
+end
+return #KEYS
+"""
+_SET_ALL_CHUNK = 1000
+
+
+def write(cache: TieredCache, writes: Writes) -> None:
+    """Apply `writes` to Redis in one pipeline. Raises CacheUnavailable."""
+    with cache.guarded("preload") as redis:
+        set_all = redis.register_script(_SET_ALL)
+        pipeline = redis.pipeline(transaction=False)
+        if writes.evicted:
+            pipeline.delete(*writes.evicted)
+        for start in range(0, len(writes.entries), _SET_ALL_CHUNK):
+            chunk = writes.entries[start : start + _SET_ALL_CHUNK]
+            arguments: list[str | bytes | int] = []
+            for _, value, ttl_ms in chunk:
+                arguments += (value, ttl_ms)
+            set_all(keys=[key for key, _, _ in chunk], args=arguments, client=pipeline)
+        pipeline.execute()
+
+
+class BackgroundWriter:
+    """Writes a run's batches to Redis on one thread while the run chooses the
+    next ones: PostgreSQL, this process and Redis work at the same time.
+
+    Batches are written in order. submit() returns a Future; its result()
+    re-raises what the write raised (CacheUnavailable when Redis is down).
+    """
+
+    def __init__(self, cache: TieredCache | None = None) -> None:
+        self.cache = cache or tiered_cache()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preload-writer")
+
+    def submit(self, writes: Writes) -> Future[None]:
+        return self._executor.submit(write, self.cache, writes)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
 
 
 def preload_user(
@@ -62,57 +238,16 @@ def preload_user(
     cache: TieredCache | None = None,
     budget: Budget | None = None,
 ) -> UserPreload:
-    """Choose the user's preload set and write it to Redis in one pipeline.
-
-    With a `budget`, only what it admits is written, and the entries it gives
-    back (less valuable ones of earlier users) are deleted in the same pipeline.
-    Raises CacheUnavailable when Redis cannot be used (the caller records it
-    and goes on: preloading fails soft). With `dry_run`, chooses but writes nothing.
-    """
-    cache = cache or tiered_cache()
-    generation = "" if dry_run else cache.generation(account.id, namespace, user_id)
-    now = timezone.now()
-    items = preload_set(
-        account=account, namespace=namespace, user_id=user_id, config=config, strategies=strategies, now=now
-    )
-    chosen: dict[str, tuple[PreloadItem, bytes, float]] = {}
-    for item in items:
-        ttl = _ttl(item, config, now)
-        if ttl > 0:
-            value = orjson.dumps({"gen": generation, "memory": memory_to_record(item.memory), "preloaded": True})
-            chosen[cache_key("memory", item.memory.id)] = (item, value, ttl)
-    evicted: list[str] = []
-    if budget is not None:
-        offered = [
-            BudgetEntry(score=item.score.total, size=len(key) + len(value), key=key)
-            for key, (item, value, _) in chosen.items()
-        ]
-        admitted, evicted = budget.admit(offered)
-        chosen = {entry.key: chosen[entry.key] for entry in admitted}
-    entries = [(key, value, ttl) for key, (_, value, ttl) in chosen.items()]
-    keys: dict[str, list[str]] = {}
-    for item, _, _ in chosen.values():
-        for strategy in item.strategies:
-            key = strategy_key(account_id=account.id, namespace=namespace, user_id=user_id, strategy=strategy)
-            keys.setdefault(key, []).append(str(item.memory.id))
-    total = sum(len(key) + len(value) for key, value, _ in entries)
-    if dry_run:
-        return UserPreload(memories=len(entries), bytes=total, keys=keys)
-    with cache.guarded("preload") as redis:
-        pipeline = redis.pipeline(transaction=False)
-        if evicted:
-            pipeline.delete(*evicted)
-        for key, value, ttl in entries:
-            pipeline.set(key, value, px=max(int(ttl * 1000), 1))
-        for key, ids in keys.items():
-            strategy = Strategy(key.rsplit(":", 1)[1])
-            pipeline.set(key, orjson.dumps(ids), ex=config.ttl_seconds(strategy))
-        if entries:
-            longest = max(ttl for _, _, ttl in entries)
-            marker = cache.preload_marker_key(account.id, namespace, user_id)
-            pipeline.set(marker, 1, px=max(int(longest * 1000), 1))
-        pipeline.execute()
-    return UserPreload(memories=len(entries), bytes=total, keys=keys)
+    """preload_users for one user."""
+    return preload_users(
+        account=account,
+        namespace=namespace,
+        configs={user_id: config},
+        strategies=strategies,
+        dry_run=dry_run,
+        cache=cache,
+        budget=budget,
+    )[user_id]
 
 
 def trending_key(*, account_id: int, namespace: str) -> str:
@@ -133,7 +268,7 @@ def preload_trending(
     with cache.guarded("preload") as redis:
         redis.set(
             trending_key(account_id=account.id, namespace=namespace),
-            orjson.dumps([str(item.memory.id) for item in items]),
+            orjson.dumps([str(item.memory_id) for item in items]),
             ex=config.ttl_seconds(Strategy.TRENDING),
         )
     return len(items)

@@ -11,12 +11,16 @@ itself keeps answering from PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from django.db import connection, connections
 from django.db.models import Q
 from django.utils import timezone
 from prometheus_client import Counter, Gauge, Histogram
@@ -25,7 +29,7 @@ from memories.cache import CacheUnavailable, tiered_cache
 from memories.models import Account, Memory
 from preload.budget import Budget
 from preload.config import EffectiveConfig, global_config, resolve_configs
-from preload.engine import preload_user
+from preload.engine import BackgroundWriter, Chosen, choose, plan
 from preload.models import PreloadRun, RunStatus, RunTrigger
 from preload.options import Strategy
 
@@ -89,14 +93,19 @@ def _batches(users: Iterator[UserRef]) -> Iterator[list[UserRef]]:
 
 def _configs(users: list[UserRef]) -> dict[tuple[int, str, str], EffectiveConfig]:
     """Every user's configuration: one query per (account, namespace) in the batch."""
-    groups: dict[tuple[int, str], list[str]] = {}
-    for user in users:
-        groups.setdefault((user.account.id, user.namespace), []).append(user.user_id)
     configs: dict[tuple[int, str, str], EffectiveConfig] = {}
-    for (account_id, namespace), user_ids in groups.items():
-        for user_id, config in resolve_configs(account_id=account_id, namespace=namespace, user_ids=user_ids).items():
-            configs[(account_id, namespace, user_id)] = config
+    for (account, namespace), user_ids in _by_namespace(users).items():
+        for user_id, config in resolve_configs(account_id=account.id, namespace=namespace, user_ids=user_ids).items():
+            configs[(account.id, namespace, user_id)] = config
     return configs
+
+
+def _by_namespace(users: list[UserRef]) -> dict[tuple[Account, str], list[str]]:
+    """The users' ids per (account, namespace): what one preload query covers."""
+    groups: dict[tuple[Account, str], list[str]] = {}
+    for user in users:
+        groups.setdefault((user.account, user.namespace), []).append(user.user_id)
+    return groups
 
 
 def _lock_key(user: UserRef) -> str:
@@ -190,46 +199,149 @@ def resume_stale_runs(*, silent_for: timedelta = STALE_AFTER) -> list[PreloadRun
     return resumed
 
 
+# Batches being chosen while an earlier one is written: PostgreSQL works on
+# this many at once (one backend each), which is what a 2-core machine gains from.
+CHOOSERS = 2
+
+
+@dataclass
+class _Batch:
+    """A batch of users on its way: being chosen, then written, then saved as progress."""
+
+    users: list[UserRef]
+    # The users this run holds the lock of (none in a dry run).
+    locked: list[UserRef]
+    preloaded: int
+    chosen: list[Future[Chosen]] = field(default_factory=list)
+    writes: list[Future[None]] = field(default_factory=list)
+    # The run's counters once this batch is written.
+    users_done: int = 0
+    memories: int = 0
+    bytes: int = 0
+
+
+class _Choosers:
+    """Runs engine.choose for batches ahead, on CHOOSERS threads with a database
+    connection each; inline when the run is inside a transaction (other
+    connections would not see its rows)."""
+
+    def __init__(self) -> None:
+        parallel = not connection.in_atomic_block
+        self._executor = ThreadPoolExecutor(CHOOSERS, thread_name_prefix="preload-chooser") if parallel else None
+        self.ahead = CHOOSERS if parallel else 0
+
+    def submit(self, **arguments: Any) -> Future[Chosen]:
+        if self._executor is not None:
+            return self._executor.submit(self._choose_in_thread, arguments)
+        future: Future[Chosen] = Future()
+        try:
+            future.set_result(choose(**arguments))
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
+    @staticmethod
+    def _choose_in_thread(arguments: dict[str, Any]) -> Chosen:
+        try:
+            return choose(**arguments)
+        finally:
+            # A thread's connection is its own: closed here, not left to the garbage collector.
+            connections.close_all()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _settle(batch: _Batch, *, run: PreloadRun | None, on_user: Callable[[int], object] | None) -> None:
+    """Wait for the batch's writes, free its users and, with `run`, save it as progress."""
+    try:
+        for written in batch.writes:
+            written.result()
+    finally:
+        if batch.locked:
+            _unlock(batch.locked)
+    if run is None:
+        return
+    last = batch.users[-1]
+    run.users_done, run.memories, run.bytes = batch.users_done, batch.memories, batch.bytes
+    run.last_user_cursor = {"account": last.account.id, "namespace": last.namespace, "user_id": last.user_id}
+    run.heartbeat_at = timezone.now()
+    run.save(update_fields=["users_done", "memories", "bytes", "last_user_cursor", "heartbeat_at"])
+    if on_user is not None:
+        on_user(len(batch.users))
+
+
+def _abandon(batch: _Batch) -> None:
+    """After a failure: let the batch's work end and free its users, whatever it raises."""
+    for chosen in batch.chosen:
+        chosen.cancel()
+        with contextlib.suppress(Exception):
+            chosen.exception()
+    with contextlib.suppress(Exception):
+        _settle(batch, run=None, on_user=None)
+
+
 def run_execute(
     *, run: PreloadRun, users: Iterator[UserRef] | None = None, on_user: Callable[[int], object] | None = None
 ) -> PreloadRun:
-    """Preload the run's users, saving progress after each batch; return the finished run."""
+    """Preload the run's users, saving progress after each batch; return the finished run.
+
+    Three stages overlap: the next batches are chosen in PostgreSQL
+    (_Choosers), the current one is planned against the byte budget here, in
+    order, and the one before is written to Redis (engine.BackgroundWriter).
+    A batch is saved as progress only once written, so a resumed run never
+    skips a user whose preload was lost.
+    """
     users = run_users(run) if users is None else users
     strategies = [Strategy(s) for s in run.requested_strategies] or None
     dry_run = run.dry_run
     token = secrets.token_hex(8)
     skipped = 0
     budget = Budget(global_config().memory_budget_bytes)
+    choosers, writer = _Choosers(), BackgroundWriter()
+    queued: deque[_Batch] = deque()  # being chosen
+    written: _Batch | None = None  # being written
+
+    def plan_next() -> None:
+        nonlocal written
+        batch = queued.popleft()
+        for chosen in batch.chosen:
+            writes, _ = plan(chosen.result(), budget=budget)
+            if not dry_run:
+                batch.writes.append(writer.submit(writes))
+        # What the run holds in Redis once written: entries given back to the budget are gone.
+        batch.users_done = (written.users_done if written else run.users_done) + batch.preloaded
+        batch.memories, batch.bytes = budget.count, budget.total
+        if written is not None:
+            _settle(written, run=run, on_user=on_user)
+        written = batch
+
     try:
-        for batch in _batches(users):
-            locked = [True] * len(batch) if dry_run else _lock(batch, token)
-            mine = [user for user, ok in zip(batch, locked, strict=True) if ok]
-            skipped += len(batch) - len(mine)
-            try:
-                configs = _configs(mine)
-                for user in mine:
-                    config = configs[(user.account.id, user.namespace, user.user_id)]
-                    preload_user(
-                        account=user.account,
-                        namespace=user.namespace,
-                        user_id=user.user_id,
-                        config=config,
+        for users_of_batch in _batches(users):
+            locked = [True] * len(users_of_batch) if dry_run else _lock(users_of_batch, token)
+            mine = [user for user, ok in zip(users_of_batch, locked, strict=True) if ok]
+            skipped += len(users_of_batch) - len(mine)
+            batch = _Batch(users=users_of_batch, locked=[] if dry_run else mine, preloaded=len(mine))
+            queued.append(batch)
+            configs = _configs(mine)
+            for (account, namespace), group in _by_namespace(mine).items():
+                batch.chosen.append(
+                    choosers.submit(
+                        account=account,
+                        namespace=namespace,
+                        configs={user_id: configs[(account.id, namespace, user_id)] for user_id in group},
                         strategies=strategies,
                         dry_run=dry_run,
-                        budget=budget,
                     )
-                    run.users_done += 1
-                    # What the run holds in Redis now: entries given back to the budget are gone.
-                    run.memories, run.bytes = budget.count, budget.total
-                    if on_user is not None:
-                        on_user(1)
-            finally:
-                if not dry_run:
-                    _unlock(mine)
-            last = batch[-1]
-            run.last_user_cursor = {"account": last.account.id, "namespace": last.namespace, "user_id": last.user_id}
-            run.heartbeat_at = timezone.now()
-            run.save(update_fields=["users_done", "memories", "bytes", "last_user_cursor", "heartbeat_at"])
+                )
+            while len(queued) > choosers.ahead:
+                plan_next()
+        while queued:
+            plan_next()
+        if written is not None:
+            _settle(written, run=run, on_user=on_user)
+            written = None
     except CacheUnavailable as error:
         run.add_error({"error": "redis_unavailable", "message": f"Run stopped: {error.__cause__ or error}"})
         run.status = RunStatus.FAILED
@@ -242,6 +354,11 @@ def run_execute(
         run.status = RunStatus.SUCCEEDED
         if skipped:
             run.add_error({"error": "skipped", "message": f"{skipped} users skipped: another run was preloading them"})
+    finally:
+        for batch in [*queued, *([written] if written else [])]:
+            _abandon(batch)
+        choosers.close()
+        writer.close()
     _finish(run, run.status)
     return run
 

@@ -33,7 +33,15 @@ def _with_redis_db(url: str, db: int) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    settings.CACHES["default"]["LOCATION"] = _with_redis_db(settings.REDIS_URL, 15)
+    # Several test sessions at once on one machine (people, helpers) each take
+    # a slot: their own test database and Redis database. CI uses slot 0.
+    slot = int(os.environ.get("MEMORYPROJECT_TEST_SLOT", "0"))
+    if not 0 <= slot <= 7:
+        raise pytest.UsageError("MEMORYPROJECT_TEST_SLOT must be 0..7")
+    settings.CACHES["default"]["LOCATION"] = _with_redis_db(settings.REDIS_URL, 15 - slot)
+    if slot:
+        name = settings.DATABASES["default"]["NAME"]
+        settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = f"test_{name}_{slot}"
 
 
 @pytest.fixture(autouse=True)

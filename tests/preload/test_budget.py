@@ -4,7 +4,7 @@ import pytest
 from django.db import connection
 from django_redis import get_redis_connection
 
-from preload.budget import Budget, Entry
+from preload.budget import Budget
 from preload.models import PreloadConfig, RunTrigger
 from preload.runs import preload_run, users_of
 from tests.factories import AccountWithKey
@@ -12,20 +12,20 @@ from tests.factories import AccountWithKey
 
 def test_budget_gives_back_the_least_valuable_first() -> None:
     budget = Budget(max_bytes=100)
-    first, evicted = budget.admit([Entry(0.5, 40, "a"), Entry(0.2, 40, "b")])
-    assert ([e.key for e in first], evicted) == (["a", "b"], [])
+    first, evicted = budget.admit([(0.5, 40, "a"), (0.2, 40, "b")])
+    assert (first, evicted) == (["a", "b"], [])
 
-    second, evicted = budget.admit([Entry(0.9, 40, "c"), Entry(0.1, 40, "d")])
+    second, evicted = budget.admit([(0.9, 40, "c"), (0.1, 40, "d")])
 
-    assert [e.key for e in second] == ["c"]
+    assert second == ["c"]
     assert evicted == ["b"]
     assert (budget.total, budget.count) == (80, 2)
 
 
 def test_budget_never_admits_past_its_size() -> None:
     budget = Budget(max_bytes=50)
-    admitted, _ = budget.admit([Entry(1.0, 60, "too big"), Entry(0.5, 30, "fits")])
-    assert [e.key for e in admitted] == ["fits"]
+    admitted, _ = budget.admit([(1.0, 60, "too big"), (0.5, 30, "fits")])
+    assert admitted == ["fits"]
     assert budget.total <= 50
 
 

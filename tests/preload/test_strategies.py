@@ -5,18 +5,21 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
 from memories.models import Account, Memory, Session
+from memories.ranking import Score, score
+from memories.records import memory_from_record, memory_to_record
 from preload import strategies
 from preload.config import EffectiveConfig, resolve_config
-from preload.options import Strategy
+from preload.options import USER_STRATEGIES, Strategy
 from preload.strategies import (
     Candidate,
     context_memories,
@@ -35,7 +38,7 @@ DAY = timedelta(days=1)
 
 
 def _contents(candidates: Iterable[Candidate]) -> list[str]:
-    return [candidate.memory.content for candidate in candidates]
+    return [candidate.record["content"] for candidate in candidates]
 
 
 def _strangers(account: Account, other: Account, content: str, **fields: Any) -> None:
@@ -65,7 +68,7 @@ def test_recent_is_the_users_newest_within_the_window(account: AccountWithKey, o
     assert {candidate.strategy for candidate in picked} == {Strategy.RECENT}
     assert _contents(limited) == ["one hour old"]
     # What the cache stores: no vector, no full-text vector.
-    assert {"embedding", "search_vector"} <= picked[0].memory.get_deferred_fields()
+    assert not {"embedding", "search_vector"} & set(picked[0].record)
 
 
 def test_frequent_is_the_most_read_above_the_threshold(account: AccountWithKey, other_account: AccountWithKey) -> None:
@@ -171,6 +174,20 @@ def test_trending_spans_the_accounts_users_within_the_window(
     ]
 
 
+def _score_without_query(memory: Memory, now: datetime) -> Score:
+    return score(
+        similarity=None,
+        keyword=0.0,
+        updated_at=memory.updated_at,
+        importance=memory.importance,
+        access_count=memory.access_count,
+        pinned=memory.pinned,
+        now=now,
+        weights=settings.MEMORY["WEIGHTS"],
+        half_life_days=settings.MEMORY["RECENCY_HALF_LIFE_DAYS"],
+    )
+
+
 def _config(account: Account, **changes: Any) -> EffectiveConfig:
     return dataclasses.replace(resolve_config(account_id=account.id, namespace="default", user_id="u1"), **changes)
 
@@ -189,21 +206,22 @@ def test_preload_set_is_the_deduplicated_ranked_union_cut_at_the_maximum(
     _strangers(acme, other_account.account, "stranger", pinned=True, importance=1.0, access_count=1000, created_at=now)
 
     config = _config(acme)
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(1):
         items = preload_set(**_scope(acme), config=config, now=now)
     cut = preload_set(**_scope(acme), config=_config(acme, max_memories_per_user=2), now=now)
 
     # Recency outweighs 20 reads two months ago (weights of memories.ranking).
-    assert [item.memory.content for item in items] == ["pinned and recent", "recent only", "frequent only"]
+    assert [item.record["content"] for item in items] == ["pinned and recent", "recent only", "frequent only"]
     assert [item.strategies for item in items] == [
         (Strategy.RECENT, Strategy.IMPORTANT),
         (Strategy.RECENT,),
         (Strategy.FREQUENT,),
     ]
-    totals = [item.score.total for item in items]
-    assert totals == sorted(totals, reverse=True)
-    assert all(item.score.parts["similarity"] == item.score.parts["keyword"] == 0 for item in items)
-    assert [item.memory.content for item in cut] == ["pinned and recent", "recent only"]
+    # The score of a search without a query.
+    assert [item.score for item in items] == [
+        _score_without_query(Memory.objects.get(id=item.memory_id), now).total for item in items
+    ]
+    assert [item.record["content"] for item in cut] == ["pinned and recent", "recent only"]
 
 
 def test_preload_set_follows_enabled_and_the_chosen_strategies(account: AccountWithKey) -> None:
@@ -213,10 +231,9 @@ def test_preload_set_follows_enabled_and_the_chosen_strategies(account: AccountW
     only_important = _config(acme, strategies=(Strategy.IMPORTANT, Strategy.TRENDING))
 
     assert preload_set(**_scope(acme), config=_config(acme, enabled=False)) == []
-    assert [item.memory.content for item in preload_set(**_scope(acme), config=only_important)] == ["pinned"]
-    assert [
-        item.memory.content for item in preload_set(**_scope(acme), config=_config(acme), strategies=[Strategy.RECENT])
-    ] == ["recent"]
+    assert [item.record["content"] for item in preload_set(**_scope(acme), config=only_important)] == ["pinned"]
+    only_recent = preload_set(**_scope(acme), config=_config(acme), strategies=[Strategy.RECENT])
+    assert [item.record["content"] for item in only_recent] == ["recent"]
 
 
 def test_trending_set_needs_trending_enabled(account: AccountWithKey) -> None:
@@ -226,7 +243,7 @@ def test_trending_set_needs_trending_enabled(account: AccountWithKey) -> None:
     on = trending_set(account=acme, namespace="default", config=_config(acme))
     off = trending_set(account=acme, namespace="default", config=_config(acme, strategies=(Strategy.RECENT,)))
 
-    assert [(item.memory.content, item.strategies) for item in on] == [("hit", (Strategy.TRENDING,))]
+    assert [(item.record["content"], item.strategy) for item in on] == [("hit", Strategy.TRENDING)]
     assert off == []
 
 
@@ -240,43 +257,54 @@ def big_table(account: AccountWithKey) -> Account:
     return account.account
 
 
-def _explain(sql: str, params: Iterable[Any]) -> str:
+def _explain(sql: str, params: dict[str, Any]) -> str:
     with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN {sql}", list(params))
+        cursor.execute(f"EXPLAIN {sql}", params)
         return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def _user(user_id: str, strategy: Strategy, now: datetime) -> strategies._UserParams:
+    return strategies._params(user_id, _config_defaults(), [strategy], now)
+
+
+def _config_defaults() -> EffectiveConfig:
+    return resolve_config(account_id=0, namespace="default", user_id="nobody")
 
 
 def test_user_strategies_use_the_users_indexes(big_table: Account) -> None:
     now = timezone.now()
-    big: dict[str, Any] = {"account": big_table, "namespace": "default", "user_id": "big", "limit": 100, "now": now}
+    scope: dict[str, Any] = {"account": big_table, "namespace": "default", "now": now}
+
+    def plan(strategy: Strategy, user_id: str) -> str:
+        return _explain(*strategies._strategy_query(strategy, user=_user(user_id, strategy, now), **scope))
+
     # A typical user: 30 of the 6,000 rows. ("big" holds half the table, where
     # reading it all is the planner's right choice for an unindexed order.)
-    small = {**big, "user_id": "user7"}
-    recent = strategies._recent_queryset(**big, days=7).explain()
-    important = strategies._important_queryset(**big, min_importance=0.7).explain()
-    frequent = strategies._frequent_queryset(**small, min_access=5).explain()
-    context = _explain(*strategies._context_sql(**small, sample_size=10, active_since=now - 7 * DAY))
-    big_context = _explain(*strategies._context_sql(**big, sample_size=10, active_since=now - 7 * DAY))
+    recent, important = plan(Strategy.RECENT, "big"), plan(Strategy.IMPORTANT, "big")
+    frequent, context, big_context = (
+        plan(Strategy.FREQUENT, "user7"),
+        plan(Strategy.CONTEXT, "user7"),
+        plan(Strategy.CONTEXT, "big"),
+    )
+    users = [strategies._params(f"user{n}", _config_defaults(), USER_STRATEGIES, now) for n in range(1, 51)]
+    batch = _explain(*strategies._sets_query(users=users, **scope))
 
     assert "memory_user_created" in recent
-    # "pinned OR importance > 0.7": a BitmapOr of the pinned partial index and
-    # an importance index (the partial one or the full one, as the planner costs them).
-    assert "BitmapOr" in important
     assert "memory_user_pinned" in important
     assert re.search(r"memory_user_important|memory_user_importance", important), important
-    for plan in (frequent, context):
+    for each in (frequent, context, batch):
         # Any B-tree that starts with (account, namespace, user_id), the upsert key's included.
-        assert re.search(r"(Index (Only )?Scan using|Bitmap Index Scan on) memory_(user_\w+|unique_key)", plan), plan
-        assert "Seq Scan on memories_memory" not in plan
+        assert re.search(r"(Index (Only )?Scan using|Bitmap Index Scan on) memory_(user_\w+|unique_key)", each), each
+        assert "Seq Scan on memories_memory" not in each, each
     # Exact search over the user's rows, never the post-filtered HNSW scan.
-    assert "memory_embedding_hnsw" not in context
-    assert "memory_embedding_hnsw" not in big_context
+    for each in (context, big_context, batch):
+        assert "memory_embedding_hnsw" not in each
 
 
-def test_memory_rows_of_the_set_are_plain_memories(account: AccountWithKey) -> None:
-    make_memory(account.account, "recent")
+def test_a_sets_record_encodes_as_the_memorys_own_record(account: AccountWithKey) -> None:
+    memory = make_memory(account.account, "recent", metadata={"city": "Lyon", "n": [1, 2]}, tags=["a"])
 
     (item,) = preload_set(**_scope(account.account), config=_config(account.account))
 
-    assert isinstance(item.memory, Memory)
-    assert item.memory.account_id == account.account.id
+    # Read back as the read path reads it, it is the memory itself.
+    assert memory_to_record(memory_from_record(item.record)) == memory_to_record(Memory.objects.get(id=memory.id))
