@@ -232,6 +232,20 @@ if EMBEDDING["DIMENSIONS"] != 384:
     # The vector column is declared vector(384) by the migrations.
     raise ImproperlyConfigured("EMBEDDING_DIMENSIONS must be 384: the vector column is vector(384)")
 
+# Transcript extraction (memories/extraction): "rules" is deterministic and
+# offline; "openai" asks any OpenAI-compatible chat API (OpenAI, Ollama, vLLM,
+# LiteLLM...) and falls back to retrying later, never to dropping, when it fails.
+EXTRACTION: dict[str, Any] = {
+    "PROVIDER": env_choice("EXTRACTION_PROVIDER", "rules", {"rules", "openai"}),
+    "BASE_URL": env_str("EXTRACTION_BASE_URL", "https://api.openai.com/v1"),
+    "MODEL": env_str("EXTRACTION_MODEL", "gpt-4o-mini"),
+    "API_KEY": env_str("EXTRACTION_API_KEY"),
+    # A whole transcript is one request: generous, but bounded.
+    "TIMEOUT": env_float("EXTRACTION_TIMEOUT", 30.0, minimum=0.1),
+    "SUMMARY_MAX_SENTENCES": env_int("EXTRACTION_SUMMARY_MAX_SENTENCES", 3, minimum=1, maximum=50),
+    "SUMMARY_MAX_CHARS": env_int("EXTRACTION_SUMMARY_MAX_CHARS", 600, minimum=40, maximum=20_000),
+}
+
 # -- jobs -----------------------------------------------------------------------
 
 # The ORM broker keeps queued tasks in PostgreSQL: a task accepted is not lost
