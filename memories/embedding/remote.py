@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from memories.embedding import EmbeddingError
+from memoryproject.http import ProcessClient
 
 
 class OpenAIEmbedder:
@@ -35,23 +34,7 @@ class OpenAIEmbedder:
         self.url = base_url.rstrip("/") + "/embeddings"
         self.timeout = timeout
         self.batch_size = batch_size
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client_lock = threading.Lock()
-        self._client_pid = -1
-        self._client: httpx.Client | None = None
-
-    def _get_client(self) -> httpx.Client:
-        # One pooled client per process: a forked worker must not share the
-        # parent's sockets, nor inherit a pool lock held by a parent thread.
-        pid = os.getpid()
-        client = self._client
-        if client is not None and self._client_pid == pid:
-            return client
-        with self._client_lock:
-            if self._client is None or self._client_pid != pid:
-                self._client = httpx.Client(timeout=self.timeout, headers=self._headers)
-                self._client_pid = pid
-            return self._client
+        self._client = ProcessClient(timeout=timeout, bearer=api_key)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if isinstance(texts, str):
@@ -68,7 +51,7 @@ class OpenAIEmbedder:
 
     def _embed_chunk(self, texts: list[str]) -> npt.NDArray[np.float32]:
         try:
-            response = self._get_client().post(self.url, json={"model": self.model_name, "input": texts})
+            response = self._client.get().post(self.url, json={"model": self.model_name, "input": texts})
         except httpx.TimeoutException as exc:
             raise EmbeddingError(f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from memories.extraction import KINDS, ExtractedMemory, Extraction, ExtractionUnavailable, Message
+from memoryproject.http import ProcessClient
 
 __all__ = ["LLMExtractor", "system_prompt"]
 
@@ -73,23 +72,7 @@ class LLMExtractor:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.timeout = timeout
         self.summary_max_chars = summary_max_chars
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client_lock = threading.Lock()
-        self._client_pid = -1
-        self._client: httpx.Client | None = None
-
-    def _get_client(self) -> httpx.Client:
-        # One pooled client per process: a forked worker must not share the
-        # parent's sockets, nor inherit a pool lock held by a parent thread.
-        pid = os.getpid()
-        client = self._client
-        if client is not None and self._client_pid == pid:
-            return client
-        with self._client_lock:
-            if self._client is None or self._client_pid != pid:
-                self._client = httpx.Client(timeout=self.timeout, headers=self._headers)
-                self._client_pid = pid
-            return self._client
+        self._client = ProcessClient(timeout=timeout, bearer=api_key)
 
     def extract(self, messages: Sequence[Message]) -> Extraction:
         if not messages:
@@ -113,7 +96,7 @@ class LLMExtractor:
 
     def _complete(self, body: dict[str, Any]) -> str:
         try:
-            response = self._get_client().post(self.url, json=body)
+            response = self._client.get().post(self.url, json=body)
         except httpx.TimeoutException as exc:
             raise ExtractionUnavailable(
                 f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})"

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from memories.embedding import (
 from memories.embedding.minilm import MAX_SEQ_LENGTH, MODEL_NAME, MiniLM
 from memories.embedding.remote import OpenAIEmbedder
 from tests.conftest import SpyEmbedder
+from tests.local_server import local_server
 
 Vector = npt.NDArray[np.float32]
 
@@ -299,14 +300,9 @@ def server(model: MiniLM) -> Iterator[FakeOpenAI]:
             state.raw_responses.append(response)
             self._answer(200, response)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with local_server(Handler) as url:
+        state.url = url
+        yield state
 
 
 def _remote(server: FakeOpenAI, **overrides: Any) -> OpenAIEmbedder:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from django.test import override_settings
 from memories.extraction import ExtractedMemory, ExtractionUnavailable, Message, get_extractor
 from memories.extraction.llm import MAX_CONTENT_CHARS, MAX_MEMORIES, LLMExtractor
 from memories.extraction.rules import RuleExtractor
+from tests.local_server import local_server
 
 MESSAGES = [
     Message("system", "Be brief."),
@@ -98,15 +98,9 @@ def server() -> Iterator[FakeChat]:
                 completion["choices"] = []
             self._answer(200, json.dumps(completion).encode())
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    # A short poll interval: shutdown() waits for it, once per test.
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with local_server(Handler) as url:
+        state.url = url
+        yield state
 
 
 def _llm(server: FakeChat, **overrides: Any) -> LLMExtractor:

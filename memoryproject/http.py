@@ -1,0 +1,35 @@
+"""Outbound HTTP to model providers (embeddings, LLM): one pooled client per process."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import httpx
+
+
+class ProcessClient:
+    """An httpx.Client built on first use in each process.
+
+    A forked worker (gunicorn, django-q2) must not share the parent's sockets,
+    nor a connection pool whose lock a parent thread held at fork time: a
+    process that finds a client made by another pid builds its own.
+    """
+
+    def __init__(self, *, timeout: float, bearer: str = "") -> None:
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._client: httpx.Client | None = None
+
+    def get(self) -> httpx.Client:
+        pid = os.getpid()
+        client = self._client
+        if client is not None and self._pid == pid:
+            return client
+        with self._lock:
+            if self._client is None or self._pid != pid:
+                self._client = httpx.Client(timeout=self.timeout, headers=self._headers)
+                self._pid = pid
+            return self._client
