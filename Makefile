@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/api_latency.py
 	$(PY) bench/cache.py
 	$(PY) bench/preloading.py
+	$(PY) bench/ingest.py
 
 # Stops nothing: stop `make run` first. Removes the embedded databases' data.
 clean-data:

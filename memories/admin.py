@@ -654,3 +654,7 @@ class MemoryHistoryAdmin(FastChangeListMixin, HistoryModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: MemoryHistory | None = None) -> bool:
         return False
+
+
+# Transcript ingestion pages: their own module, registered when the admin loads this one.
+from memories import ingest_admin  # noqa: E402, F401

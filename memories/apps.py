@@ -11,12 +11,15 @@ def _ensure_schedules(sender: AppConfig, *, using: str = DEFAULT_DB_ALIAS, **kwa
     """After every `migrate` (and so every `make run`), the schedules match the settings."""
     from django_q.models import Schedule
 
-    from memories.tasks import ensure_access_flush_schedule
+    from memories.ingest_tasks import ensure_ingest_schedules
+    from memories.tasks import ensure_access_flush_schedule, ensure_embed_sweep_schedule
 
     # `migrate` of another app to an early state can leave django-q's tables missing.
     if Schedule._meta.db_table not in connections[using].introspection.table_names():
         return
     ensure_access_flush_schedule(using=using)
+    ensure_embed_sweep_schedule(using=using)
+    ensure_ingest_schedules(using=using)
 
 
 class MemoriesConfig(AppConfig):

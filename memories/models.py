@@ -140,6 +140,17 @@ class Memory(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
     embedding_model = models.CharField(max_length=100, blank=True, default="")
+    # The transcript this memory was extracted from; NULL for API writes, and
+    # once retention has deleted the transcript (the session link stays).
+    source_transcript = models.ForeignKey(
+        "RawTranscript",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="memories",
+        # Indexed by the partial memory_source_transcript below: most memories have none.
+        db_index=False,
+    )
     search_vector = models.GeneratedField(
         expression=SearchVector("content", config=TEXT_SEARCH_CONFIG),
         output_field=SearchVectorField(),
@@ -199,6 +210,13 @@ class Memory(models.Model):
             models.Index(fields=["created_at"], name="memory_pending_embedding", condition=Q(embedding__isnull=True)),
             # The expiry sweep: rows with an expiry, soonest first.
             models.Index(fields=["expires_at"], name="memory_expiring", condition=Q(expires_at__isnull=False)),
+            # A transcript's memories: reprocessing it, the hierarchy's links, and
+            # SET NULL when retention deletes the transcript.
+            models.Index(
+                fields=["source_transcript"],
+                name="memory_source_transcript",
+                condition=Q(source_transcript__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -278,3 +296,107 @@ class AccessFlush(models.Model):
 
     def __str__(self) -> str:
         return f"{self.claim_id} at {self.applied_at:%Y-%m-%d %H:%M:%S}"
+
+
+class TranscriptStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    PROCESSING = "processing", "Processing"
+    PROCESSED = "processed", "Processed"
+    ERROR = "error", "Error"
+
+
+class RawTranscript(models.Model):
+    """A chat session sent to store_raw: the durable record of an ingest.
+
+    The task queue only carries its id; this row is the truth. The processor
+    claims it (queued -> processing, with a fresh claim_id), and either marks
+    it processed in the same transaction that stores what was extracted, or
+    puts it back in the queue with a later next_attempt_at, or after
+    INGEST["MAX_ATTEMPTS"] marks it error with the reason.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Indexed by transcript_ns_status, which starts with the account.
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="raw_transcripts", db_index=False)
+    namespace = models.CharField(max_length=100, default="default")
+    user_id = models.CharField(max_length=255)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="transcripts")
+    # Exactly one of the two holds the transcript: the chat text, or the {role, content} messages.
+    text = models.TextField(blank=True)
+    messages = models.JSONField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=TranscriptStatus.choices, default=TranscriptStatus.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    # A queued row is not taken before this: the backoff of a retry.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    # Set by each claim: a worker only finishes the row if it still holds its claim.
+    claim_id = models.UUIDField(null=True, blank=True, editable=False)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    # Wall time of the successful processing: the throughput behind estimated_processing_time.
+    duration_seconds = models.FloatField(null=True, blank=True)
+    memories_created = models.PositiveIntegerField(default=0)
+    size_bytes = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes: ClassVar = [
+            # The processor's scan and queue_position: queued rows that are due, oldest first.
+            models.Index(
+                fields=["next_attempt_at", "created_at"],
+                name="transcript_queued_due",
+                condition=Q(status="queued"),
+            ),
+            # The stale-claim sweep: rows a worker took and may have died with.
+            models.Index(fields=["claimed_at"], name="transcript_processing", condition=Q(status="processing")),
+            # Retention (processed before a cutoff) and the throughput sample (last processed).
+            models.Index(fields=["-processed_at"], name="transcript_processed", condition=Q(status="processed")),
+            # processing_status's counts by status and hierarchy's raw level, per account and namespace.
+            models.Index(fields=["account", "namespace", "status", "-created_at"], name="transcript_ns_status"),
+            # The admin's list, newest first.
+            models.Index(fields=["-created_at"], name="transcript_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+
+class ProcessingDay(models.Model):
+    """What the transcript processor did on one day for one account and namespace (UTC days)."""
+
+    # Indexed by processingday_unique, which starts with the account.
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
+    namespace = models.CharField(max_length=100)
+    day = models.DateField()
+    processed = models.PositiveIntegerField(default=0)
+    # Attempts that failed and were queued again, and transcripts given up (status error).
+    retried = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    memories_created = models.PositiveIntegerField(default=0)
+    seconds_total = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints: ClassVar = [
+            # Also the index of processing_status's "last days of this namespace".
+            models.UniqueConstraint(fields=["account", "namespace", "day"], name="processingday_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_id}/{self.namespace} {self.day}"
+
+
+class ProcessorHeartbeat(models.Model):
+    """The transcript processor's last sign of life (also in Redis as `background_processor:status`)."""
+
+    name = models.CharField(max_length=100, primary_key=True)
+    beat_at = models.DateTimeField(default=timezone.now)
+    # Who beat last: host and process id.
+    worker = models.CharField(max_length=200, blank=True)
+    processed_total = models.PositiveBigIntegerField(default=0)
+    errors_total = models.PositiveBigIntegerField(default=0)
+    last_cycle = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.beat_at:%Y-%m-%d %H:%M:%S}"

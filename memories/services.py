@@ -2,7 +2,9 @@
 deduplicated, recorded in MemoryHistory, and invalidated in every cache tier.
 
 Embedding happens before the transaction opens: a model call never holds
-row locks, and a provider failure changes nothing.
+row locks, and a provider failure changes nothing. Fire-and-forget writes
+(`memory_batch_create_pending`) skip the model call: their rows are stored
+without a vector and memories.embedder fills it in the background.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from memories.embedder import request_embedding
 from memories.embedding import get_embedder
 from memories.invalidation import users_changed
 from memories.models import Account, HistoryAction, Memory, MemoryHistory, MemoryKind, content_hash
@@ -115,7 +118,7 @@ def _merge_duplicate(existing: Memory, item: MemoryInput) -> dict[str, Any]:
 
 
 def _find_matches(
-    *, account: Account, items: Sequence[MemoryInput], vectors: np.ndarray
+    *, account: Account, items: Sequence[MemoryInput], vectors: np.ndarray | None
 ) -> list[tuple[Memory, str] | None]:
     """For each item, the existing memory it should update, and why.
 
@@ -123,7 +126,8 @@ def _find_matches(
     key); any other matches the same user's most similar memory of the same
     kind when that is at least DUPLICATE_SIMILARITY alike, or has the same
     normalised content (rows still waiting for their vector match that way).
-    Rows are locked so two writers cannot both decide to insert.
+    Without vectors (a fire-and-forget write) only the key and the content
+    hash can match. Rows are locked so two writers cannot both decide to insert.
     """
     if not items:
         return []
@@ -137,7 +141,7 @@ def _find_matches(
             item.category,
             item.key,
             content_hash(item.content),
-            vectors[index].tolist(),
+            None if vectors is None else vectors[index].tolist(),
         )
         for index, item in enumerate(items)
     ]
@@ -161,7 +165,8 @@ def _find_matches(
             (SELECT m.id, 'duplicate', 2 FROM memories_memory m
              WHERE input.key IS NULL AND m.account_id = %s AND m.namespace = input.namespace
                AND m.user_id = input.user_id AND m.kind = input.kind AND m.key IS NULL
-               AND m.embedding IS NOT NULL AND 1 - (m.embedding <=> input.embedding) >= %s
+               AND input.embedding IS NOT NULL AND m.embedding IS NOT NULL
+               AND 1 - (m.embedding <=> input.embedding) >= %s
              ORDER BY m.embedding <=> input.embedding LIMIT 1)
             ORDER BY rank LIMIT 1
         ) AS match
@@ -177,10 +182,13 @@ def _find_matches(
     ]
 
 
-def _dedupe_within(items: Sequence[MemoryInput], vectors: np.ndarray) -> list[int | None]:
-    """For each item, an earlier item of the same batch it duplicates, if any."""
+def _dedupe_within(items: Sequence[MemoryInput], vectors: np.ndarray | None) -> list[int | None]:
+    """For each item, an earlier item of the same batch it duplicates, if any:
+    same key, or (unkeyed, same kind) the same normalised content or, with
+    vectors, a similarity of at least DUPLICATE_SIMILARITY."""
     threshold = settings.MEMORY["DUPLICATE_SIMILARITY"]
-    similarity = vectors @ vectors.T if len(items) else np.zeros((0, 0))
+    similarity = vectors @ vectors.T if vectors is not None and len(items) else None
+    hashes = [content_hash(item.content) for item in items]
     earlier: list[int | None] = []
     for i, item in enumerate(items):
         match = None
@@ -192,14 +200,22 @@ def _dedupe_within(items: Sequence[MemoryInput], vectors: np.ndarray) -> list[in
             if item.key is not None:
                 if (other.category, other.key) == (item.category, item.key):
                     match = j
-            elif other.key is None and other.kind == item.kind and similarity[i, j] >= threshold:
+            elif (
+                other.key is None
+                and other.kind == item.kind
+                and (hashes[i] == hashes[j] or (similarity is not None and similarity[i, j] >= threshold))
+            ):
                 match = j
         earlier.append(match)
     return earlier
 
 
-def _write(*, account: Account, items: Sequence[MemoryInput], vectors: np.ndarray, actor: str) -> list[WriteResult]:
-    model_name = get_embedder().model_name
+def _write(
+    *, account: Account, items: Sequence[MemoryInput], vectors: np.ndarray | None, actor: str
+) -> list[WriteResult]:
+    """Insert or update the items' rows. Without vectors, created rows and rows
+    whose content changes are left waiting for one (embedding NULL, no model)."""
+    model_name = get_embedder().model_name if vectors is not None else ""
     now = timezone.now()
     matches = _find_matches(account=account, items=items, vectors=vectors)
     within = _dedupe_within(items, vectors)
@@ -220,7 +236,7 @@ def _write(*, account: Account, items: Sequence[MemoryInput], vectors: np.ndarra
                 namespace=item.namespace,
                 user_id=item.user_id,
                 content_hash=content_hash(item.content),
-                embedding=vectors[index],
+                embedding=None if vectors is None else vectors[index],
                 embedding_model=model_name,
                 created_at=now,
                 updated_at=now,
@@ -236,8 +252,13 @@ def _write(*, account: Account, items: Sequence[MemoryInput], vectors: np.ndarra
         changes = _apply(memory, values)
         if changes:
             memory.content_hash = content_hash(memory.content)
-            memory.embedding = vectors[index]
-            memory.embedding_model = model_name
+            if vectors is not None:
+                memory.embedding = vectors[index]
+                memory.embedding_model = model_name
+            elif "content" in changes:
+                # The old vector describes text that is gone: wait for the new one.
+                memory.embedding = None
+                memory.embedding_model = ""
             memory.updated_at = now
             if memory.id not in {m.id for m in to_create}:
                 to_update[memory.id] = memory
@@ -266,6 +287,29 @@ def memory_batch_create(*, account: Account, items: Sequence[MemoryInput], actor
     update it instead of adding a twin; results come back in input order.
     """
     vectors = get_embedder().embed([item.content for item in items])
+    return _write_retrying(account=account, items=items, vectors=vectors, actor=actor)
+
+
+def memory_batch_create_pending(*, account: Account, items: Sequence[MemoryInput], actor: str) -> list[WriteResult]:
+    """Store many memories without waiting for the model: one transaction, all
+    or nothing, rows without their vectors; the background embedder is asked
+    for them once the transaction has committed.
+
+    Same upsert by key and same merge of exact duplicates (normalised content)
+    as memory_batch_create, but not the merge of near-duplicates: that needs
+    the vector this write does not wait for, and the embedder does not merge
+    afterwards either, so two differently worded copies can both stay.
+    """
+    results = _write_retrying(account=account, items=items, vectors=None, actor=actor)
+    # Outside an atomic block this runs at once (the write has committed);
+    # inside a caller's, after its commit: the embedder never looks too early.
+    transaction.on_commit(request_embedding)
+    return results
+
+
+def _write_retrying(
+    *, account: Account, items: Sequence[MemoryInput], vectors: np.ndarray | None, actor: str
+) -> list[WriteResult]:
     # A concurrent writer can insert the same key between our check and our
     # insert; the unique constraint catches it, and the second try sees its row.
     for attempt in range(2):

@@ -10,9 +10,11 @@ from django.db import DEFAULT_DB_ALIAS
 from django_q.models import Schedule
 
 from memories.access import flush_access_counts
+from memories.embedder import drain, embed_pending
 from memories.schedules import ensure_schedule
 
 ACCESS_FLUSH_SCHEDULE = "memories.flush_access_counts"
+EMBED_SWEEP_SCHEDULE = "memories.sweep_pending_embeddings"
 
 
 def flush_access_counts_task() -> dict[str, Any]:
@@ -26,5 +28,25 @@ def ensure_access_flush_schedule(*, using: str = DEFAULT_DB_ALIAS) -> Schedule:
         name=ACCESS_FLUSH_SCHEDULE,
         func=f"{flush_access_counts_task.__module__}.{flush_access_counts_task.__name__}",
         minutes=settings.ACCESS_TRACKING["FLUSH_INTERVAL_MINUTES"],
+        using=using,
+    )
+
+
+def embed_pending_task() -> dict[str, Any]:
+    """Enqueued by memories.embedder.request_embedding after async writes: embed until none is pending."""
+    return asdict(drain())
+
+
+def sweep_pending_embeddings_task() -> dict[str, Any]:
+    """The sweeper: embed what a crashed worker or a lost task left pending."""
+    return {"embedded": embed_pending()}
+
+
+def ensure_embed_sweep_schedule(*, using: str = DEFAULT_DB_ALIAS) -> Schedule:
+    """The sweeper of pending embeddings (memories.embedder): one, every SWEEP_INTERVAL_MINUTES."""
+    return ensure_schedule(
+        name=EMBED_SWEEP_SCHEDULE,
+        func=f"{sweep_pending_embeddings_task.__module__}.{sweep_pending_embeddings_task.__name__}",
+        minutes=settings.ASYNC_WRITES["SWEEP_INTERVAL_MINUTES"],
         using=using,
     )

@@ -246,6 +246,27 @@ EXTRACTION: dict[str, Any] = {
     "SUMMARY_MAX_CHARS": env_int("EXTRACTION_SUMMARY_MAX_CHARS", 600, minimum=40, maximum=20_000),
 }
 
+# Transcript ingestion (memories/ingest.py): store_raw queues, the processor
+# extracts. Retries back off exponentially: RETRY_BASE_SECONDS * 2**(attempt-1),
+# capped at RETRY_MAX_SECONDS; after MAX_ATTEMPTS the transcript is marked error.
+INGEST: dict[str, Any] = {
+    "MAX_ATTEMPTS": env_int("INGEST_MAX_ATTEMPTS", 5, minimum=1),
+    "RETRY_BASE_SECONDS": env_float("INGEST_RETRY_BASE_SECONDS", 30.0, minimum=0.0),
+    "RETRY_MAX_SECONDS": env_float("INGEST_RETRY_MAX_SECONDS", 3600.0, minimum=0.0),
+    # A transcript claimed longer ago than this belongs to a worker that died: queue it again.
+    # Above the LLM extractor's timeout plus the writes.
+    "STALE_CLAIM_SECONDS": env_float("INGEST_STALE_CLAIM_SECONDS", 300.0, minimum=1.0),
+    # Transcripts one scheduled run processes at most (it runs every minute).
+    "BATCH_SIZE": env_int("INGEST_BATCH_SIZE", 200, minimum=1),
+    "RETENTION_DAYS": env_int("INGEST_RETENTION_DAYS", 30, minimum=0),
+    "MAX_TRANSCRIPT_CHARS": env_int("INGEST_MAX_TRANSCRIPT_CHARS", 500_000, minimum=1),
+    "MAX_MESSAGES": env_int("INGEST_MAX_MESSAGES", 5_000, minimum=1),
+    # estimated_processing_time: the mean duration of the last THROUGHPUT_SAMPLE
+    # processed transcripts; FALLBACK_SECONDS per transcript before any was processed.
+    "THROUGHPUT_SAMPLE": env_int("INGEST_THROUGHPUT_SAMPLE", 50, minimum=1),
+    "FALLBACK_SECONDS": env_float("INGEST_FALLBACK_SECONDS", 0.5, minimum=0.0),
+}
+
 # -- jobs -----------------------------------------------------------------------
 
 # The ORM broker keeps queued tasks in PostgreSQL: a task accepted is not lost
@@ -272,6 +293,16 @@ ACCESS_TRACKING: dict[str, Any] = {
     "FLUSH_BATCH_SIZE": env_int("ACCESS_FLUSH_BATCH_SIZE", 1000, minimum=1, maximum=50_000),
     # After a Redis error, reads go uncounted for this long instead of each
     # waiting for Redis's timeout.
+}
+
+# Fire-and-forget writes (`?async=true`, memories/embedder.py): rows are stored
+# without their vector and a background task embeds them, BATCH_SIZE per model
+# call, waiting at most FLUSH_INTERVAL seconds for a burst to fill a batch. The
+# sweeper's schedule embeds what a crashed worker left pending.
+ASYNC_WRITES: dict[str, Any] = {
+    "BATCH_SIZE": env_int("ASYNC_EMBED_BATCH_SIZE", 50, minimum=1, maximum=1000),
+    "FLUSH_INTERVAL": env_float("ASYNC_EMBED_FLUSH_INTERVAL", 0.1, minimum=0.0, maximum=10.0),
+    "SWEEP_INTERVAL_MINUTES": env_int("ASYNC_EMBED_SWEEP_INTERVAL_MINUTES", 1, minimum=1, maximum=1440),
 }
 
 # -- logging --------------------------------------------------------------------

@@ -15,6 +15,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("memory/preload/", include("preload.api")),
     path("memory/", include("memories.api.urls")),
+    path("api/memory/<str:vectorstore_name>/", include("memories.api.ingest")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("health", health.health, name="health"),

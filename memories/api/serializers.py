@@ -14,7 +14,7 @@ from rest_framework import serializers
 
 from memories.models import EMBEDDING_DIMENSIONS, Memory, MemoryHistory, MemoryKind
 from memories.selectors import MemoryFilters, SearchHit
-from memories.services import MemoryInput
+from memories.services import MemoryInput, WriteResult
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9_.\-]{1,100}$"
 KIND_FILTER_CHOICES = [*MemoryKind.values, "discrete"]
@@ -353,6 +353,65 @@ class BatchOutputSerializer(serializers.Serializer[Any]):
     created = serializers.IntegerField()
     updated = serializers.IntegerField()
     results = BatchResultSerializer(many=True, help_text="In the order of the request's items.")
+
+
+class AsyncQuerySerializer(serializers.Serializer[Any]):
+    """The writes' query parameter (for the schema; the view parses it)."""
+
+    # `async` is a keyword: the field is declared under another name and renamed.
+    async_ = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="true: answer 202 once the rows are stored, and embed them in the background.",
+    )
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = super().get_fields()
+        fields["async"] = fields.pop("async_")
+        return fields
+
+
+def _embedding_status(memory: Memory) -> str:
+    return "pending" if memory.embedding is None else "embedded"
+
+
+class AsyncWriteOutputSerializer(serializers.Serializer[Any]):
+    """A fire-and-forget write's answer: the memory is stored; its vector may not be yet."""
+
+    id = serializers.UUIDField(source="memory.id")
+    status = serializers.ChoiceField(
+        choices=["pending", "embedded"],
+        help_text="pending: stored, readable and found by keyword; found by similarity once embedded.",
+    )
+    created = serializers.BooleanField(help_text="False when it updated an existing memory (same key or content).")
+    matched_by = serializers.ChoiceField(choices=["key", "duplicate"], allow_null=True)
+
+    def to_representation(self, instance: WriteResult) -> dict[str, Any]:
+        return {
+            "id": str(instance.memory.id),
+            "status": _embedding_status(instance.memory),
+            "created": instance.created,
+            "matched_by": instance.matched_by or None,
+        }
+
+
+class AsyncBatchOutputSerializer(serializers.Serializer[Any]):
+    ids = serializers.ListField(
+        child=serializers.UUIDField(),
+        help_text="In the order of the request's items; an item that updated a memory has that memory's id.",
+    )
+    created = serializers.IntegerField()
+    updated = serializers.IntegerField()
+    pending = serializers.IntegerField(help_text="Memories of this batch waiting for their vector.")
+
+    @staticmethod
+    def from_results(results: list[WriteResult]) -> dict[str, Any]:
+        return {
+            "ids": [str(result.memory.id) for result in results],
+            "created": sum(result.created for result in results),
+            "updated": sum(not result.created for result in results),
+            "pending": len({result.memory.id for result in results if result.memory.embedding is None}),
+        }
 
 
 class ScorePartsSerializer(serializers.Serializer[Any]):

@@ -21,6 +21,9 @@ from memories.access import record_access
 from memories.api.auth import caller
 from memories.api.errors import PayloadTooLarge, ServiceUnavailable, error_response
 from memories.api.serializers import (
+    AsyncBatchOutputSerializer,
+    AsyncQuerySerializer,
+    AsyncWriteOutputSerializer,
     BatchCreateSerializer,
     BatchOutputSerializer,
     CacheStatsSerializer,
@@ -41,6 +44,22 @@ from memories.models import Memory
 def _reject_query_params(request: Request) -> None:
     if request.query_params:
         raise serializers.ValidationError({name: ["Unknown query parameter."] for name in request.query_params})
+
+
+_ASYNC_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _async_requested(request: Request) -> bool:
+    """The writes' one query parameter, `async`; any other is refused as unknown."""
+    errors: dict[str, list[str]] = {
+        name: ["Unknown query parameter."] for name in request.query_params if name != "async"
+    }
+    values = request.query_params.getlist("async")
+    if len(values) > 1 or (values and values[0].lower() not in _ASYNC_VALUES):
+        errors["async"] = ["Must be one of true, false, 1 or 0."]
+    if errors:
+        raise serializers.ValidationError(errors)
+    return bool(values) and _ASYNC_VALUES[values[0].lower()]
 
 
 def _get_memory(request: Request, memory_id: uuid.UUID) -> Memory:
@@ -69,14 +88,20 @@ class MemoryCollectionView(APIView):
 
     @extend_schema(
         operation_id="memory_create",
+        parameters=[AsyncQuerySerializer],
         request=MemoryCreateSerializer,
-        responses={201: MemoryOutputSerializer, 200: MemoryOutputSerializer},
+        responses={201: MemoryOutputSerializer, 200: MemoryOutputSerializer, 202: AsyncWriteOutputSerializer},
     )
     def post(self, request: Request) -> Response:
-        _reject_query_params(request)
+        run_async = _async_requested(request)
         data = MemoryCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         who = caller(request)
+        if run_async:
+            (pending,) = services.memory_batch_create_pending(
+                account=who.account, items=[data.to_input()], actor=who.actor
+            )
+            return Response(AsyncWriteOutputSerializer(pending).data, status=status.HTTP_202_ACCEPTED)
         result = services.memory_create(account=who.account, item=data.to_input(), actor=who.actor)
         # 200 says "stored by updating one you already had" (same key, or a duplicate).
         return Response(
@@ -88,11 +113,17 @@ class MemoryCollectionView(APIView):
 class MemoryBatchView(APIView):
     @extend_schema(
         operation_id="memories_batch_create",
+        parameters=[AsyncQuerySerializer],
         request=BatchCreateSerializer,
-        responses={201: BatchOutputSerializer, 400: ErrorSerializer, 413: ErrorSerializer},
+        responses={
+            201: BatchOutputSerializer,
+            202: AsyncBatchOutputSerializer,
+            400: ErrorSerializer,
+            413: ErrorSerializer,
+        },
     )
     def post(self, request: Request) -> Response:
-        _reject_query_params(request)
+        run_async = _async_requested(request)
         envelope = BatchCreateSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)
         raw_items = envelope.validated_data["memories"]
@@ -109,6 +140,11 @@ class MemoryBatchView(APIView):
                 {"memories": errors},
             )
         who = caller(request)
+        if run_async:
+            pending = services.memory_batch_create_pending(
+                account=who.account, items=[item.to_input() for item in items], actor=who.actor
+            )
+            return Response(AsyncBatchOutputSerializer.from_results(pending), status=status.HTTP_202_ACCEPTED)
         results = services.memory_batch_create(
             account=who.account, items=[item.to_input() for item in items], actor=who.actor
         )

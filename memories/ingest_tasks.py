@@ -1,0 +1,48 @@
+"""django-q2 tasks of transcript ingestion, and their schedules. Thin wrappers over memories.ingest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS
+from django_q.models import Schedule
+
+from memories.ingest import process_queued, process_transcript, retention_apply
+from memories.schedules import ensure_schedule
+
+PROCESS_SCHEDULE = "memories.process_transcripts"
+RETENTION_SCHEDULE = "memories.transcript_retention"
+RETENTION_INTERVAL_MINUTES = 24 * 60
+
+
+def process_transcript_task(transcript_id: str) -> dict[str, Any]:
+    """Queued by store_raw on commit: process that one transcript (nothing if another worker took it)."""
+    return asdict(process_transcript(transcript_id=transcript_id))
+
+
+def process_queued_task() -> dict[str, Any]:
+    """Every minute: due retries, transcripts whose task was lost, and those of workers that died."""
+    return asdict(process_queued(limit=int(settings.INGEST["BATCH_SIZE"])))
+
+
+def apply_retention_task() -> dict[str, Any]:
+    """Daily: delete transcripts processed more than INGEST RETENTION_DAYS ago (their memories stay)."""
+    result = retention_apply(retention_days=int(settings.INGEST["RETENTION_DAYS"]))
+    return {"cutoff": result.cutoff.isoformat(), "transcripts_deleted": result.transcripts_deleted}
+
+
+def ensure_ingest_schedules(*, using: str = DEFAULT_DB_ALIAS) -> list[Schedule]:
+    """The processing schedule (every minute) and the retention schedule (daily), each exactly once."""
+    return [
+        ensure_schedule(
+            name=PROCESS_SCHEDULE, func=f"{__name__}.{process_queued_task.__name__}", minutes=1, using=using
+        ),
+        ensure_schedule(
+            name=RETENTION_SCHEDULE,
+            func=f"{__name__}.{apply_retention_task.__name__}",
+            minutes=RETENTION_INTERVAL_MINUTES,
+            using=using,
+        ),
+    ]
