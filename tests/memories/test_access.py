@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 from io import StringIO
@@ -28,6 +28,7 @@ from memories.access import FlushResult, dropped_records, flush_access_counts, p
 from memories.cache import tiered_cache
 from memories.models import AccessFlush, Memory, MemoryHistory
 from memories.tasks import ACCESS_FLUSH_SCHEDULE, ensure_access_flush_schedule, flush_access_counts_task
+from tests.concurrency import in_threads
 from tests.factories import AccountWithKey, make_account, make_memory
 
 
@@ -151,28 +152,6 @@ def test_disabled_tracking_records_nothing(account: AccountWithKey) -> None:
 # -- concurrency and crashes -------------------------------------------------------------------
 
 
-def _in_threads(targets: list[Callable[[], None]]) -> None:
-    """Run each target in its own thread, with its own database connection; re-raise the first error."""
-    errors: list[BaseException] = []
-
-    def run(target: Callable[[], None]) -> None:
-        try:
-            target()
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(target,)) for target in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads)
-    if errors:
-        raise errors[0]
-
-
 @pytest.mark.django_db(transaction=True)
 def test_racing_flushers_apply_every_read_exactly_once() -> None:
     account = make_account("race")
@@ -203,10 +182,10 @@ def test_racing_flushers_apply_every_read_exactly_once() -> None:
                 results.append(result)
 
     def recorders() -> None:
-        _in_threads([partial(recorder, seed) for seed in range(4)])
+        in_threads([partial(recorder, seed) for seed in range(4)])
         recording.clear()
 
-    _in_threads([recorders, flusher, flusher, flusher])
+    in_threads([recorders, flusher, flusher, flusher])
     results.append(flush_access_counts())
 
     assert dropped_records() == dropped
@@ -233,7 +212,7 @@ def test_two_appliers_of_one_claim_apply_it_once() -> None:
         assert claim_id is not None
         outcomes: list[tuple[int, int] | None] = []
         start = threading.Barrier(4)
-        _in_threads([partial(_apply_after, start, outcomes, claim_id)] * 4)
+        in_threads([partial(_apply_after, start, outcomes, claim_id)] * 4)
 
         assert sorted(outcomes, key=lambda outcome: outcome is not None) == [None, None, None, (50, 50)]
         assert set(_counts(memories).values()) == {round_ + 1}

@@ -4,13 +4,11 @@ crashes, coalescing of requests, the sweeper's schedule and the command."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 from django_q.models import Schedule
 
 import memories.embedder as embedder
@@ -19,6 +17,7 @@ from memories.embedding.minilm import MODEL_NAME
 from memories.models import Account, Memory
 from memories.services import MemoryInput, memory_batch_create_pending
 from memories.tasks import EMBED_SWEEP_SCHEDULE, ensure_embed_sweep_schedule, sweep_pending_embeddings_task
+from tests.concurrency import in_threads
 from tests.conftest import SpyEmbedder
 from tests.factories import AccountWithKey, make_account
 
@@ -88,28 +87,6 @@ def test_a_failed_model_call_leaves_the_rows_pending_and_the_sweeper_embeds_them
     assert not Memory.objects.filter(embedding__isnull=True).exists()
 
 
-def _in_threads(targets: list[Callable[[], None]]) -> None:
-    """Each target in its own thread and database connection; re-raise the first error."""
-    errors: list[BaseException] = []
-
-    def run(target: Callable[[], None]) -> None:
-        try:
-            target()
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(target,)) for target in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads)
-    if errors:
-        raise errors[0]
-
-
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_claimers_never_embed_the_same_row(spy_embedder: SpyEmbedder) -> None:
     account = make_account("race").account
@@ -126,7 +103,7 @@ def test_concurrent_claimers_never_embed_the_same_row(spy_embedder: SpyEmbedder)
     def claimer() -> None:
         claimed.append(embed_pending_batch(limit=5))
 
-    _in_threads([claimer, claimer])
+    in_threads([claimer, claimer])
 
     assert claimed == [5, 5]
     assert sorted(spy_embedder.texts) == sorted(row.content for row in rows)
@@ -157,7 +134,7 @@ def test_rows_of_a_claim_that_rolls_back_are_skipped_meanwhile_then_swept(spy_em
         swept_meanwhile.append(embed_pending())
         release.set()
 
-    _in_threads([crashing_worker, sweeper])
+    in_threads([crashing_worker, sweeper])
     spy_embedder.before = None
 
     assert swept_meanwhile == [0]
