@@ -36,12 +36,10 @@ def apply_retention_task() -> dict[str, Any]:
 def ensure_ingest_schedules(*, using: str = DEFAULT_DB_ALIAS) -> list[Schedule]:
     """The processing schedule (every minute) and the retention schedule (daily), each exactly once."""
     return [
-        ensure_schedule(
-            name=PROCESS_SCHEDULE, func=f"{__name__}.{process_queued_task.__name__}", minutes=1, using=using
-        ),
+        ensure_schedule(name=PROCESS_SCHEDULE, func=process_queued_task, minutes=1, using=using),
         ensure_schedule(
             name=RETENTION_SCHEDULE,
-            func=f"{__name__}.{apply_retention_task.__name__}",
+            func=apply_retention_task,
             minutes=RETENTION_INTERVAL_MINUTES,
             using=using,
         ),

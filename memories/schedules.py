@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django_q.models import Schedule
 
 
-def ensure_schedule(*, name: str, func: str, minutes: int, using: str = DEFAULT_DB_ALIAS) -> Schedule:
-    """The one schedule called `name`, running `func` every `minutes`, created or updated.
+def ensure_schedule(*, name: str, func: Callable[..., object], minutes: int, using: str = DEFAULT_DB_ALIAS) -> Schedule:
+    """The one schedule called `name`, running the task function `func` every `minutes`, created or updated.
 
     Run after every `migrate`, so that a changed interval takes effect and a
     deleted schedule comes back. Copies left by hand or by an older run are removed.
     """
     wanted = {
-        "func": func,
+        # django-q2 stores the dotted path and imports it in the worker.
+        "func": f"{func.__module__}.{func.__qualname__}",
         "schedule_type": Schedule.MINUTES,
         "minutes": minutes,
         "repeats": -1,

@@ -26,7 +26,7 @@ def ensure_access_flush_schedule(*, using: str = DEFAULT_DB_ALIAS) -> Schedule:
     """The schedule of flush_access_counts_task: one, every FLUSH_INTERVAL_MINUTES."""
     return ensure_schedule(
         name=ACCESS_FLUSH_SCHEDULE,
-        func=f"{flush_access_counts_task.__module__}.{flush_access_counts_task.__name__}",
+        func=flush_access_counts_task,
         minutes=settings.ACCESS_TRACKING["FLUSH_INTERVAL_MINUTES"],
         using=using,
     )
@@ -46,7 +46,7 @@ def ensure_embed_sweep_schedule(*, using: str = DEFAULT_DB_ALIAS) -> Schedule:
     """The sweeper of pending embeddings (memories.embedder): one, every SWEEP_INTERVAL_MINUTES."""
     return ensure_schedule(
         name=EMBED_SWEEP_SCHEDULE,
-        func=f"{sweep_pending_embeddings_task.__module__}.{sweep_pending_embeddings_task.__name__}",
+        func=sweep_pending_embeddings_task,
         minutes=settings.ASYNC_WRITES["SWEEP_INTERVAL_MINUTES"],
         using=using,
     )

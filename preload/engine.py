@@ -155,31 +155,6 @@ def plan(chosen: Chosen, *, budget: Budget | None = None) -> tuple[Writes, dict[
     return writes, done
 
 
-def preload_users(
-    *,
-    account: Account,
-    namespace: str,
-    configs: Mapping[str, EffectiveConfig],
-    strategies: Sequence[Strategy] | None = None,
-    dry_run: bool = False,
-    cache: TieredCache | None = None,
-    budget: Budget | None = None,
-) -> dict[str, UserPreload]:
-    """Choose the preload sets of the users of `configs` and write them to Redis now.
-
-    Raises CacheUnavailable when Redis cannot be used (the caller records it
-    and goes on: preloading fails soft). With `dry_run`, chooses but writes nothing.
-    """
-    cache = cache or tiered_cache()
-    chosen = choose(
-        account=account, namespace=namespace, configs=configs, strategies=strategies, dry_run=dry_run, cache=cache
-    )
-    writes, done = plan(chosen, budget=budget)
-    if not dry_run:
-        write(cache, writes)
-    return done
-
-
 # SET key value PX ms for each key: one command carries a thousand entries, so
 # a million-memory preload costs the client a thousand commands to encode,
 # not a million (redis-py spends ~10 us on each).
@@ -238,16 +213,24 @@ def preload_user(
     cache: TieredCache | None = None,
     budget: Budget | None = None,
 ) -> UserPreload:
-    """preload_users for one user."""
-    return preload_users(
+    """Choose one user's preload set and write it to Redis now (runs do many users: preload.runs).
+
+    Raises CacheUnavailable when Redis cannot be used (the caller records it
+    and goes on: preloading fails soft). With `dry_run`, chooses but writes nothing.
+    """
+    cache = cache or tiered_cache()
+    chosen = choose(
         account=account,
         namespace=namespace,
         configs={user_id: config},
         strategies=strategies,
         dry_run=dry_run,
         cache=cache,
-        budget=budget,
-    )[user_id]
+    )
+    writes, done = plan(chosen, budget=budget)
+    if not dry_run:
+        write(cache, writes)
+    return done[user_id]
 
 
 def trending_key(*, account_id: int, namespace: str) -> str:

@@ -64,13 +64,13 @@ def ensure_preload_schedules(*, using: str = DEFAULT_DB_ALIAS) -> list[Schedule]
     return [
         ensure_schedule(
             name=REFRESH_SCHEDULE,
-            func="preload.tasks.refresh_all",
+            func=refresh_all,
             minutes=global_config().refresh_interval_minutes,
             using=using,
         ),
         ensure_schedule(
             name=TRENDING_SCHEDULE,
-            func="preload.tasks.refresh_trending",
+            func=refresh_trending,
             minutes=TRENDING_INTERVAL_MINUTES,
             using=using,
         ),

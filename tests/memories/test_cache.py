@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from memories import selectors
-from memories.cache import LocalCache, tiered_cache
+from memories.cache import LocalCache, cache_key, memory_key_sql, tiered_cache
 from memories.models import Memory, PendingInvalidation
 from memories.selectors import MemoryFilters
 from memoryproject.embedded import start_valkey, stop_valkey
@@ -408,3 +408,13 @@ def test_prometheus_metrics_move(api: APIClient) -> None:
     metrics = api.get("/metrics").content.decode()
     assert "memory_cache_size_bytes" in metrics
     assert "memory_cache_misses_total" in metrics
+
+
+@pytest.mark.django_db
+def test_memory_key_sql_is_the_memorys_cache_key() -> None:
+    memory_id = uuid.uuid4()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {memory_key_sql('%s::uuid')}", [str(memory_id)])
+        (key,) = cursor.fetchone()
+
+    assert key == cache_key("memory", memory_id)
