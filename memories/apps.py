@@ -31,4 +31,7 @@ class MemoriesConfig(AppConfig):
         # Connects the receivers that invalidate cached authentications.
         from memories import invalidation  # noqa: F401
 
+        # Registers the fork hook: django-q2's workers are forked from a process that queried.
+        from memoryproject import forking  # noqa: F401
+
         post_migrate.connect(_ensure_schedules, sender=self, dispatch_uid="memories.ensure_schedules")

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import os
 import secrets
 import threading
 import time
@@ -534,3 +535,15 @@ def tiered_cache() -> TieredCache:
             if _cache is None:
                 _cache = TieredCache()
     return _cache
+
+
+def _forget_cache_in_child() -> None:
+    # A parent thread may have held one of the cache's locks at fork time (the
+    # child would wait for it forever), and the parent's L1 and statistics are
+    # not the child's: a forked worker builds its own cache.
+    global _cache, _cache_lock
+    _cache = None
+    _cache_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_cache_in_child)

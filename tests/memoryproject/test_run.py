@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,15 @@ def _free_port() -> int:
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _request(url: str, key: str | None = None) -> tuple[int, Any]:
+def _request(url: str, key: str | None = None, body: Any = None) -> tuple[int, Any]:
+    """GET, or POST of `body` as JSON."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
     try:
-        with _LOCAL.open(urllib.request.Request(url, headers=headers), timeout=30) as response:
+        with _LOCAL.open(urllib.request.Request(url, data=data, headers=headers), timeout=30) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
@@ -197,6 +202,51 @@ def _assert_stopped(run: Run, data_dir: Path) -> None:
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
 
 
+def _wait_for(what: str, check: Callable[[], bool], run: Run, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s:\n{run.log()}"
+        time.sleep(0.25)
+
+
+def _assert_background_jobs_run(run: Run, key: str) -> None:
+    """The job cluster's forked workers do real work: preload, transcript processing, embedding."""
+
+    def startup_preload_finished() -> bool:
+        runs = _request(f"{run.url}/memory/preload/status", key)[1]["last"]
+        return any(r["trigger"] == "startup" and r["status"] == "succeeded" for r in runs)
+
+    _wait_for("the start-up preload", startup_preload_finished, run)
+
+    status, queued = _request(
+        f"{run.url}/api/memory/default/store_raw",
+        key,
+        {
+            "session_id": "e2e",
+            "metadata": {"user_id": "e2e"},
+            "session_data": "user: I'm allergic to peanuts.\nassistant: Noted.\nuser: I prefer window seats.",
+        },
+    )
+    assert status == 202, queued
+    session_url = f"{run.url}/api/memory/default/session/e2e"
+    _wait_for("the transcript's processing", lambda: _request(session_url, key)[1]["status"] == "processed", run)
+    session = _request(session_url, key)[1]
+    assert session["summary"]
+    assert len(session["memories"]) >= 2, session
+
+    status, stored = _request(
+        f"{run.url}/memory/memories?async=true", key, {"user_id": "e2e", "content": "User keeps bees in the garden"}
+    )
+    assert (status, stored["status"]) == (202, "pending"), stored
+    search = f"{run.url}/memory/relevant?user_id=e2e&query=apiary+hobby&limit=3"
+
+    def found_by_similarity() -> bool:
+        hits = _request(search, key)[1]["results"]
+        return any(hit["id"] == stored["id"] and hit["score_parts"]["similarity"] > 0 for hit in hits)
+
+    _wait_for("the async write's embedding", found_by_similarity, run)
+
+
 def test_make_run_serves_shares_and_stops(
     runs: list[Run], environ: dict[str, str], data_dir: Path, tmp_path: Path
 ) -> None:
@@ -226,6 +276,8 @@ def test_make_run_serves_shares_and_stops(
     memories = f"{run.url}/memory/memories?user_id=probe"
     assert _request(memories, credentials["api_key"])[0] == 200
     assert _request(memories, "mp_not-a-key")[0] == 401
+
+    _assert_background_jobs_run(run, credentials["api_key"])
 
     # A second terminal: attaches to the same servers, writes to the same
     # database, and leaves the servers running when it exits.
