@@ -169,8 +169,18 @@ class Page:
 
 
 def encode_cursor(memory: Memory) -> str:
-    raw = f"{memory.created_at.isoformat()}|{memory.id}"
+    return cursor_after(created_at=memory.created_at, memory_id=memory.id)
+
+
+def cursor_after(*, created_at: datetime, memory_id: uuid.UUID | str) -> str:
+    """The cursor of the page that follows the memory created at `created_at` with this id."""
+    raw = f"{created_at.isoformat()}|{memory_id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def list_cache_key(*, account_id: int, generation: str, filters: MemoryFilters, limit: int, cursor: str | None) -> str:
+    """Where a page of memory_list is cached (preloading writes the first page there too)."""
+    return cache_key("list", account_id, generation, filters, limit, cursor)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -195,16 +205,25 @@ def memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor:
         cache = _cache()
         generation = cache.generation(account.id, filters.namespace, filters.user_id)
         ttl = float(settings.MEMORY_CACHE["LIST_TTL"])
+
+        def load_page() -> dict[str, Any]:
+            page = _page_record(_memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor))
+            if cursor is None and cache.is_preloaded(account.id, filters.namespace, filters.user_id):
+                cache.count_preload_read(hit=False)
+            return page
+
         record = cache.get_or_set(
             "list",
-            cache_key("list", account.id, generation, filters, limit, cursor),
-            lambda: _page_record(_memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor)),
+            list_cache_key(account_id=account.id, generation=generation, filters=filters, limit=limit, cursor=cursor),
+            load_page,
             encode=orjson.dumps,
             decode=orjson.loads,
             ttl=lambda record: _ttl(ttl, record["items"]),
         )
     except CacheUnavailable:
         return _memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor)
+    if record.get("preloaded"):
+        cache.count_preload_read(hit=True)
     return Page(items=[memory_from_record(item) for item in record["items"]], next_cursor=record["next_cursor"])
 
 

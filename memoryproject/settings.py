@@ -143,6 +143,10 @@ CACHES = {
     }
 }
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+# Preloading writes tens of megabytes per pipeline; a request's 0.5 s would
+# fail a whole run whenever Redis pauses (a fork for persistence, a busy
+# moment). Background bulk writes wait this long instead.
+REDIS_BULK_TIMEOUT = env_float("REDIS_BULK_TIMEOUT", 30.0, minimum=0.1)
 
 # -- API ------------------------------------------------------------------------
 

@@ -13,20 +13,24 @@ after the read replaces the token, so nothing written here can outlive it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
+from django.conf import settings
 from django.utils import timezone
+from redis import ConnectionPool, Redis
 
 from memories.cache import TieredCache, tiered_cache
 from memories.models import Account
+from memories.selectors import MemoryFilters, cursor_after, list_cache_key
 from preload.budget import Budget
 from preload.config import EffectiveConfig
 from preload.options import Strategy
-from preload.strategies import PreloadItem, preload_sets, trending_set
+from preload.strategies import Newest, PreloadItem, newest_memories, preload_sets, trending_set
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class UserPreload:
     bytes: int
     # Memory ids per strategy key, as written.
     keys: dict[str, list[str]]
+    # Whether the user's first list page was written too.
+    list_page: bool = False
 
 
 def strategy_key(*, account_id: int, namespace: str, user_id: str, strategy: str) -> str:
@@ -54,6 +60,55 @@ def _ttls(config: EffectiveConfig, strategies: tuple[Strategy, ...]) -> float:
     return float(max(config.ttl_seconds(strategy) for strategy in strategies))
 
 
+@dataclass(frozen=True)
+class _Page:
+    key: str
+    value: str
+    ttl: float
+    # The least valuable of its memories: the budget gives the page back no later than them.
+    score: float
+
+
+def _first_page(
+    *,
+    account_id: int,
+    namespace: str,
+    user_id: str,
+    generation: str,
+    newest: Newest | None,
+    chosen: list[tuple[PreloadItem, float]],
+    page_size: int,
+) -> _Page | None:
+    """The user's default list page (GET /memory/memories?user_id=...) as
+    memories.selectors caches it, when the preload set holds every memory on
+    it; else None (the page would need rows the preload did not choose)."""
+    if newest is None or not newest.ids:
+        return None
+    page_ids = newest.ids[:page_size]
+    by_id = {item.memory_id: (item, ttl) for item, ttl in chosen}
+    if any(memory_id not in by_id for memory_id in page_ids):
+        return None
+    on_page = [by_id[memory_id] for memory_id in page_ids]
+    next_cursor = None
+    if len(newest.ids) > page_size and newest.last_created_at is not None:
+        next_cursor = cursor_after(created_at=newest.last_created_at, memory_id=page_ids[-1])
+    key = list_cache_key(
+        account_id=account_id,
+        generation=generation,
+        filters=MemoryFilters(user_id=user_id, namespace=namespace),
+        limit=page_size,
+        cursor=None,
+    )
+    items = ",".join(item.record_json for item, _ in on_page)
+    value = f'{{"items":[{items}],"next_cursor":{orjson.dumps(next_cursor).decode()},"preloaded":true}}'
+    return _Page(
+        key=key,
+        value=value,
+        ttl=min(ttl for _, ttl in on_page),
+        score=min(item.score for item, _ in on_page),
+    )
+
+
 def _user_writes(
     *,
     account_id: int,
@@ -64,6 +119,8 @@ def _user_writes(
     budget: Budget | None,
     writes: Writes,
     now: datetime,
+    generation: str,
+    newest: Newest | None,
 ) -> UserPreload:
     # Each entry lives as long as the longest-lived strategy that chose it, never past the memory's expiry.
     lifetimes: dict[tuple[Strategy, ...], float] = {}
@@ -76,12 +133,29 @@ def _user_writes(
             ttl = min(ttl, (item.expires_at - now).total_seconds())
         if ttl > 0:
             chosen.append((item, ttl))
+    page = _first_page(
+        account_id=account_id,
+        namespace=namespace,
+        user_id=user_id,
+        generation=generation,
+        newest=newest,
+        chosen=chosen,
+        page_size=int(settings.MEMORY["DEFAULT_PAGE_SIZE"]),
+    )
+    page_size = len(page.key) + len(page.value.encode()) if page else 0
     if budget is not None:
-        admitted, given_back = budget.admit([(item.score, item.size, item.key) for item, _ in chosen])
+        offered = [(item.score, item.size, item.key, 1) for item, _ in chosen]
+        if page:
+            offered.append((page.score, page_size, page.key, 0))
+        admitted, given_back = budget.admit(offered)
         writes.evicted += given_back
-        if len(admitted) < len(chosen):
+        if len(admitted) < len(offered):
             kept = set(admitted)
             chosen = [(item, ttl) for item, ttl in chosen if item.key in kept]
+            if page and page.key not in kept:
+                page, page_size = None, 0
+    if page:
+        writes.entries.append((page.key, page.value, max(int(page.ttl * 1000), 1)))
     keys: dict[str, list[str]] = {}
     for item, ttl in chosen:
         writes.entries.append((item.key, item.entry, max(int(ttl * 1000), 1)))
@@ -94,7 +168,9 @@ def _user_writes(
         longest = max(ttl for _, ttl in chosen)
         marker = TieredCache.preload_marker_key(account_id, namespace, user_id)
         writes.entries.append((marker, b"1", max(int(longest * 1000), 1)))
-    return UserPreload(memories=len(chosen), bytes=sum(item.size for item, _ in chosen), keys=keys)
+    return UserPreload(
+        memories=len(chosen), bytes=sum(item.size for item, _ in chosen) + page_size, keys=keys, list_page=bool(page)
+    )
 
 
 @dataclass(frozen=True)
@@ -106,6 +182,8 @@ class Chosen:
     configs: Mapping[str, EffectiveConfig]
     sets: dict[str, list[PreloadItem]]
     now: datetime
+    generations: Mapping[str, str] = field(default_factory=dict)
+    newest: Mapping[str, Newest] = field(default_factory=dict)
 
 
 def choose(
@@ -127,7 +205,22 @@ def choose(
     sets = preload_sets(
         account=account, namespace=namespace, configs=configs, strategies=strategies, generations=generations, now=now
     )
-    return Chosen(account_id=account.id, namespace=namespace, configs=configs, sets=sets, now=now)
+    newest = newest_memories(
+        account=account,
+        namespace=namespace,
+        user_ids=[user_id for user_id, items in sets.items() if items],
+        count=int(settings.MEMORY["DEFAULT_PAGE_SIZE"]),
+        now=now,
+    )
+    return Chosen(
+        account_id=account.id,
+        namespace=namespace,
+        configs=configs,
+        sets=sets,
+        now=now,
+        generations=generations,
+        newest=newest,
+    )
 
 
 def plan(chosen: Chosen, *, budget: Budget | None = None) -> tuple[Writes, dict[str, UserPreload]]:
@@ -145,6 +238,8 @@ def plan(chosen: Chosen, *, budget: Budget | None = None) -> tuple[Writes, dict[
             budget=budget,
             writes=writes,
             now=chosen.now,
+            generation=chosen.generations.get(user_id, ""),
+            newest=chosen.newest.get(user_id),
         )
         for user_id, items in chosen.sets.items()
     }
@@ -167,9 +262,26 @@ return #KEYS
 _SET_ALL_CHUNK = 1000
 
 
+_bulk_clients: dict[tuple[int, int], Redis] = {}
+
+
+def _bulk(redis: Redis) -> Redis:
+    """A client of the same server whose socket timeout is REDIS_BULK_TIMEOUT, not a request's."""
+    pool = redis.connection_pool
+    key = (os.getpid(), id(pool))
+    client = _bulk_clients.get(key)
+    if client is None:
+        options = {**pool.connection_kwargs, "socket_timeout": float(settings.REDIS_BULK_TIMEOUT)}
+        client = _bulk_clients[key] = Redis(
+            connection_pool=ConnectionPool(connection_class=pool.connection_class, max_connections=4, **options)
+        )
+    return client
+
+
 def write(cache: TieredCache, writes: Writes) -> None:
     """Apply `writes` to Redis in one pipeline. Raises CacheUnavailable."""
-    with cache.guarded("preload") as redis:
+    with cache.guarded("preload") as request_client:
+        redis = _bulk(request_client)
         set_all = redis.register_script(_SET_ALL)
         pipeline = redis.pipeline(transaction=False)
         if writes.evicted:

@@ -64,6 +64,9 @@ class PreloadItem:
     key: str
     entry: str
     size: int
+    # The record inside the entry (memories.records.record_json_sql): a
+    # preloaded list page is made of these.
+    record_json: str
     # Every strategy that chose it, in Strategy order: the engine files the id
     # under each strategy's key.
     strategies: tuple[Strategy, ...]
@@ -72,7 +75,13 @@ class PreloadItem:
 
     @property
     def record(self) -> dict[str, Any]:
-        return orjson.loads(self.entry)["memory"]  # type: ignore[no-any-return]
+        return orjson.loads(self.record_json)  # type: ignore[no-any-return]
+
+
+def preload_entry(generation: str, record_json: str) -> str:
+    """The L2 entry of a memory by id (memories.selectors), marked as preloaded:
+    a read that finds the mark counts as a preload hit."""
+    return f'{{"gen":{orjson.dumps(generation).decode()},"memory":{record_json},"preloaded":true}}'
 
 
 # -- the strategies ---------------------------------------------------------------
@@ -358,7 +367,7 @@ def _sets_sql(users_sql: str) -> str:
     # in memory per user rather than one of the whole batch.
     return f"""
         WITH u AS ({users_sql})
-        SELECT u.user_id, r.bits, r.score, e.memory_id, e.expires_at, e.key, e.entry
+        SELECT u.user_id, r.bits, r.score, e.memory_id, e.expires_at, e.key, e.record
         FROM u CROSS JOIN LATERAL (
             SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chosen DESC, s.created_at DESC, s.id) AS rank
             FROM (
@@ -372,8 +381,7 @@ def _sets_sql(users_sql: str) -> str:
         JOIN {_MEMORY} m ON m.id = r.id
         CROSS JOIN LATERAL (
             SELECT m.id::text AS memory_id, m.expires_at, {memory_key_sql("m.id")} AS key,
-                   '{{"gen":' || to_json(u.generation)::text || ',"memory":' || {record_json_sql("m")}
-                   || ',"preloaded":true}}' AS entry
+                   {record_json_sql("m")} AS record
         ) e
         ORDER BY u.user_id, r.rank
     """
@@ -417,13 +425,54 @@ def preload_sets(
         return sets
     rows = _fetch(*_sets_query(account=account, namespace=namespace, users=users, now=now))
     strategies_of: dict[int, tuple[Strategy, ...]] = {}
-    for user_id, bits, score, memory_id, expires_at, key, entry in rows:
+    tokens = generations or {}
+    for user_id, bits, score, memory_id, expires_at, key, record in rows:
         chosen_by = strategies_of.get(bits)
         if chosen_by is None:
             chosen_by = strategies_of[bits] = _strategies_of(bits)
+        entry = preload_entry(tokens.get(user_id, ""), record)
         size = len(key) + len(entry.encode())
-        sets[user_id].append(PreloadItem(memory_id, expires_at, key, entry, size, chosen_by, score))
+        sets[user_id].append(PreloadItem(memory_id, expires_at, key, entry, size, record, chosen_by, score))
     return sets
+
+
+@dataclass(frozen=True)
+class Newest:
+    """A user's newest live memories, as the first page of their list shows them."""
+
+    # Ids newest first: the first page's, and one more when there is a next page.
+    ids: list[str]
+    # The creation time of the page's last memory (for the next page's cursor).
+    last_created_at: datetime | None
+
+
+def newest_memories(
+    *, account: Account, namespace: str, user_ids: Sequence[str], count: int, now: datetime | None = None
+) -> dict[str, Newest]:
+    """Each user's `count` newest live memories, plus one to tell whether more
+    follow: memory_user_created's own order, one query for the batch."""
+    if not user_ids:
+        return {}
+    sql = f"""
+        SELECT u.user_id, n.ids, n.times[%(count)s]
+        FROM unnest(%(users)s::text[]) AS u(user_id)
+        CROSS JOIN LATERAL (
+            SELECT array_agg(m.id::text ORDER BY m.created_at DESC, m.id DESC) AS ids,
+                   array_agg(m.created_at ORDER BY m.created_at DESC, m.id DESC) AS times
+            FROM (
+                SELECT m.id, m.created_at FROM {_MEMORY} m WHERE {_USER_ROWS}
+                ORDER BY m.created_at DESC, m.id DESC LIMIT %(count)s + 1
+            ) m
+        ) n
+    """
+    params = {
+        "users": list(user_ids),
+        "count": count,
+        "account": account.id,
+        "namespace": namespace,
+        "now": now or timezone.now(),
+    }
+    return {user_id: Newest(ids=ids or [], last_created_at=last) for user_id, ids, last in _fetch(sql, params)}
 
 
 def preload_set(

@@ -12,10 +12,10 @@ from tests.factories import AccountWithKey
 
 def test_budget_gives_back_the_least_valuable_first() -> None:
     budget = Budget(max_bytes=100)
-    first, evicted = budget.admit([(0.5, 40, "a"), (0.2, 40, "b")])
+    first, evicted = budget.admit([(0.5, 40, "a", 1), (0.2, 40, "b", 1)])
     assert (first, evicted) == (["a", "b"], [])
 
-    second, evicted = budget.admit([(0.9, 40, "c"), (0.1, 40, "d")])
+    second, evicted = budget.admit([(0.9, 40, "c", 1), (0.1, 40, "d", 1)])
 
     assert second == ["c"]
     assert evicted == ["b"]
@@ -24,7 +24,7 @@ def test_budget_gives_back_the_least_valuable_first() -> None:
 
 def test_budget_never_admits_past_its_size() -> None:
     budget = Budget(max_bytes=50)
-    admitted, _ = budget.admit([(1.0, 60, "too big"), (0.5, 30, "fits")])
+    admitted, _ = budget.admit([(1.0, 60, "too big", 1), (0.5, 30, "fits", 1)])
     assert admitted == ["fits"]
     assert budget.total <= 50
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from typing import Any
 
@@ -18,6 +19,7 @@ from memories.cache import CacheUnavailable, tiered_cache
 from memories.models import Account, Memory
 from preload.config import EffectiveConfig, resolve_config
 from preload.engine import preload_user, strategy_key
+from preload.options import Strategy
 from tests.factories import AccountWithKey, make_memory
 
 pytestmark = pytest.mark.django_db
@@ -112,3 +114,64 @@ def test_reads_of_preloaded_users_count_as_preload_hits_or_misses(account: Accou
 
     assert api.get("/memory/preload/status").json()["hit_rate"] == {"hits": 1, "misses": 1, "hit_rate": 0.5}
     assert api.get("/memory/cache/stats").json()["preload"]["hits"] == 1
+
+
+@pytest.fixture
+def page_of_three(settings: Any) -> None:
+    settings.MEMORY = {**settings.MEMORY, "DEFAULT_PAGE_SIZE": 3}
+
+
+@pytest.mark.usefixtures("page_of_three")
+def test_a_preloaded_users_first_list_page_is_served_without_a_query(account: AccountWithKey, api: Any) -> None:
+    for n in range(5):
+        make_memory(account.account, f"User fact {n}", importance=0.9)
+    assert _preload(account.account).list_page
+    tiered_cache().local.clear()
+
+    with CaptureQueriesContext(connection) as queries:
+        preloaded = api.get("/memory/memories", {"user_id": "u1"}).json()
+
+    assert [q["sql"] for q in queries.captured_queries if "memories_memory" in q["sql"]] == []
+    tiered_cache().clear()
+    from_database = api.get("/memory/memories", {"user_id": "u1"}).json()
+    assert preloaded == from_database
+    assert len(preloaded["results"]) == 3
+    rest = api.get("/memory/memories", {"user_id": "u1", "cursor": preloaded["next_cursor"]}).json()
+    assert [m["content"] for m in rest["results"]] == ["User fact 1", "User fact 0"]
+
+
+@pytest.mark.usefixtures("page_of_three")
+def test_no_list_page_is_preloaded_when_a_memory_on_it_was_not_chosen(account: AccountWithKey) -> None:
+    for n in range(3):
+        make_memory(account.account, f"User fact {n}", importance=0.9)
+    # The newest memory, but nothing any strategy picks: old and unimportant.
+    newest = make_memory(account.account, "Newest but unchosen", importance=0.0)
+    Memory.objects.filter(pk=newest.pk).update(created_at="2100-01-01T00:00:00Z")
+    config = dataclasses.replace(_config(account.account), strategies=(Strategy.IMPORTANT,))
+
+    result = preload_user(account=account.account, namespace="default", user_id="u1", config=config)
+
+    assert result.memories == 3
+    assert not result.list_page
+    assert get_redis_connection("default").keys("c:list:*") == []
+
+
+def test_a_write_after_the_preload_shows_in_the_list(account: AccountWithKey, api: Any) -> None:
+    make_memory(account.account, "User likes tea", importance=0.9)
+    _preload(account.account)
+
+    api.post("/memory/memories", {"user_id": "u1", "content": "User moved to Porto"}, format="json")
+
+    contents = [m["content"] for m in api.get("/memory/memories", {"user_id": "u1"}).json()["results"]]
+    assert contents == ["User moved to Porto", "User likes tea"]
+
+
+def test_list_reads_of_preloaded_users_count_as_preload_hits_or_misses(account: AccountWithKey, api: Any) -> None:
+    make_memory(account.account, "User likes tea", importance=0.9)
+    _preload(account.account)
+    tiered_cache().local.clear()
+
+    api.get("/memory/memories", {"user_id": "u1"})  # the preloaded page
+    api.get("/memory/memories", {"user_id": "u1", "kind": "fact"})  # a page the preload did not make
+
+    assert api.get("/memory/preload/status").json()["hit_rate"] == {"hits": 1, "misses": 1, "hit_rate": 0.5}
