@@ -45,6 +45,7 @@ from django.conf import settings
 from django_redis import get_redis_connection
 from prometheus_client import Counter, Gauge
 from redis import Redis
+from redis.commands.core import Script
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,8 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._lock = threading.Lock()
         self.on_close: Callable[[], None] | None = None
+        # How many times a success closed the breaker (and ran on_close).
+        self.closings = 0
 
     @property
     def failures(self) -> int:
@@ -189,6 +192,7 @@ class CircuitBreaker:
             was_open = self._opened_at is not None
             self._failures = 0
             self._opened_at = None
+            self.closings += was_open
         if was_open and self.on_close is not None:
             self.on_close()
 
@@ -318,12 +322,18 @@ class TieredCache:
         decode: Callable[[bytes], T],
         ttl: Callable[[T], float],
         valid: Callable[[T], bool] = lambda value: True,
+        valid_with_generation: Callable[[T, str | None], bool] | None = None,
     ) -> T:
         """The value of `key` from L1, else L2, else `load()` (then stored in both for `ttl(value)` s).
 
         `valid` checks a cached value before it is used (a memory's generation);
         an invalid one counts as a miss. Without Redis: CacheUnavailable, and
         the caller reads PostgreSQL.
+
+        With `valid_with_generation`, the value from L2 is checked by it instead,
+        given the current token of the generation key the value names (see
+        generation_entry), read in the same round trip as the value: None when
+        the value names none or the token is missing.
         """
         raw = self.local.get(key)
         if raw is not None:
@@ -332,12 +342,23 @@ class TieredCache:
                 self._hit(kind, "l1")
                 return value
         self._miss(kind, "l1")
+        generation: str | None = None
+        closings = self.breaker.closings
         with self.guarded(kind) as redis:
-            stored = redis.get(key)
+            if valid_with_generation is None:
+                stored = redis.get(key)
+            else:
+                stored, token = _ENTRY_AND_GENERATION(keys=[key], client=redis)
+                generation = None if token is None else _text(token)
+        if self.breaker.closings != closings:
+            # This read closed the breaker, whose on_close replayed the
+            # invalidations Redis missed while it was down: the token read
+            # with the entry may predate them.
+            generation = None
         if isinstance(stored, bytes):
             raw = stored
             value = decode(raw)
-            if valid(value):
+            if valid(value) if valid_with_generation is None else valid_with_generation(value, generation):
                 self._hit(kind, "l2")
                 self.local.set(key, raw, kind=kind, ttl=min(ttl(value), _config()["L1_TTL"]))
                 return value
@@ -483,6 +504,32 @@ class TieredCache:
 
 
 STATS_KEY = "cache:stats"
+
+# An entry that starts with its token and the key of that token
+# (generation_entry) comes back with the key's current value: the value and
+# its validity in one round trip. The pattern is anchored at the start, so
+# nothing inside the entry (a memory's content, its metadata) can be taken for it.
+_ENTRY_AND_GENERATION = Script(
+    None,  # type: ignore[arg-type]  # each call names its client
+    b"""
+local value = redis.call('GET', KEYS[1])
+if not value then
+  return {false, false}
+end
+local name = string.match(value, '^{"gen":"[^"]*","gk":"([^"]+)"')
+if not name then
+  return {value, false}
+end
+return {value, redis.call('GET', name)}
+""",
+)
+
+
+def generation_entry(generation: str, generation_key: str, body: str) -> str:
+    """`{"gen": token, "gk": key of the token, <body>}` as JSON text, with `body`
+    the rest of the object's members as JSON text: the form get_or_set's
+    valid_with_generation reads."""
+    return f'{{"gen":{orjson.dumps(generation).decode()},"gk":{orjson.dumps(generation_key).decode()},{body}}}'
 
 
 def _rate(hits: int, misses: int) -> dict[str, Any]:

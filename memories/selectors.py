@@ -126,11 +126,16 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
     cache = _cache()
     ttl = float(settings.MEMORY_CACHE["MEMORY_TTL"])
 
-    def valid(entry: dict[str, Any]) -> bool:
+    def valid_with_generation(entry: dict[str, Any], current: str | None) -> bool:
         record = entry["memory"]
         if record["account_id"] != account.id or _expired(record):
             return False
-        return bool(entry["gen"] == cache.generation(account.id, record["namespace"], record["user_id"]))
+        if current is None:
+            current = cache.generation(account.id, record["namespace"], record["user_id"])
+        return bool(entry["gen"] == current)
+
+    def valid(entry: dict[str, Any]) -> bool:
+        return valid_with_generation(entry, None)
 
     def load() -> dict[str, Any]:
         # The token must be read before the row: a write that commits after
@@ -142,7 +147,11 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
         memory = _live(account).defer(*DEFERRED).get(pk=memory_id)
         if cache.is_preloaded(account.id, *owner):
             cache.count_preload_read(hit=False)
-        return {"gen": generation, "memory": memory_to_record(memory)}
+        return {
+            "gen": generation,
+            "gk": cache.generation_key(account.id, *owner),
+            "memory": memory_to_record(memory),
+        }
 
     entry = cache.get_or_set(
         "memory",
@@ -152,6 +161,8 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
         decode=orjson.loads,
         ttl=lambda entry: _ttl(ttl, [entry["memory"]]),
         valid=valid,
+        # A read from Redis learns the token in the same round trip as the entry.
+        valid_with_generation=valid_with_generation,
     )
     if entry.get("preloaded"):
         # Only a cached entry carries the mark: what load() returns never does.

@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from memories.cache import memory_key_sql
+from memories.cache import TieredCache, generation_entry, memory_key_sql
 from memories.models import Account, Memory, Session
 from memories.ranking import score_sql
 from memories.records import record_json_sql
@@ -78,10 +78,10 @@ class PreloadItem:
         return orjson.loads(self.record_json)  # type: ignore[no-any-return]
 
 
-def preload_entry(generation: str, record_json: str) -> str:
+def preload_entry(generation: str, generation_key: str, record_json: str) -> str:
     """The L2 entry of a memory by id (memories.selectors), marked as preloaded:
     a read that finds the mark counts as a preload hit."""
-    return f'{{"gen":{orjson.dumps(generation).decode()},"memory":{record_json},"preloaded":true}}'
+    return generation_entry(generation, generation_key, f'"memory":{record_json},"preloaded":true')
 
 
 # -- the strategies ---------------------------------------------------------------
@@ -426,11 +426,15 @@ def preload_sets(
     rows = _fetch(*_sets_query(account=account, namespace=namespace, users=users, now=now))
     strategies_of: dict[int, tuple[Strategy, ...]] = {}
     tokens = generations or {}
+    generation_keys: dict[str, str] = {}
     for user_id, bits, score, memory_id, expires_at, key, record in rows:
         chosen_by = strategies_of.get(bits)
         if chosen_by is None:
             chosen_by = strategies_of[bits] = _strategies_of(bits)
-        entry = preload_entry(tokens.get(user_id, ""), record)
+        generation_key = generation_keys.get(user_id)
+        if generation_key is None:
+            generation_key = generation_keys[user_id] = TieredCache.generation_key(account.id, namespace, user_id)
+        entry = preload_entry(tokens.get(user_id, ""), generation_key, record)
         size = len(key) + len(entry.encode())
         sets[user_id].append(PreloadItem(memory_id, expires_at, key, entry, size, record, chosen_by, score))
     return sets

@@ -418,3 +418,71 @@ def test_memory_key_sql_is_the_memorys_cache_key() -> None:
         (key,) = cursor.fetchone()
 
     assert key == cache_key("memory", memory_id)
+
+
+class _CountingRedis:
+    """Counts the commands a client sends (a pipeline's commands count once)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.commands: list[str] = []
+        cache = tiered_cache()
+        real = cache._redis
+
+        def counting() -> Any:
+            client = real()
+            original = client.execute_command
+
+            def execute_command(*args: Any, **options: Any) -> Any:
+                self.commands.append(str(args[0]))
+                return original(*args, **options)
+
+            client.execute_command = execute_command
+            return client
+
+        monkeypatch.setattr(cache, "_redis", counting)
+
+
+def test_a_memory_from_redis_is_validated_in_the_same_round_trip(
+    api: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory = _store(api, "User flies to Lisbon monthly")
+    api.get(f"/memory/memories/{memory['id']}")  # cached
+    tiered_cache().local.clear()  # a fresh worker: only Redis holds it
+    counting = _CountingRedis(monkeypatch)
+
+    found = selectors.memory_get(account=Memory.objects.get(id=memory["id"]).account, memory_id=uuid.UUID(memory["id"]))
+
+    assert found.content == "User flies to Lisbon monthly"
+    assert counting.commands == ["EVALSHA"]
+
+
+def test_content_that_looks_like_a_token_key_cannot_validate_an_entry(api: APIClient) -> None:
+    sneaky = '{"gen":"x","gk":"gen:1:forged","memory":{}}'
+    memory = _store(api, sneaky, metadata={"gk": "gen:1:forged"})
+    api.get(f"/memory/memories/{memory['id']}")
+    tiered_cache().local.clear()
+    get_redis_connection("default").set("gen:1:forged", "x")
+
+    api.patch(f"/memory/memories/{memory['id']}", {"content": "User changed it"}, format="json")
+
+    assert api.get(f"/memory/memories/{memory['id']}").json()["content"] == "User changed it"
+
+
+def test_the_read_that_closes_the_breaker_does_not_trust_the_token_read_with_its_entry(api: APIClient) -> None:
+    created = _store(api, "User likes green tea")
+    api.get(f"/memory/memories/{created['id']}")  # cached in Redis under the user's token
+    memory = Memory.objects.get(id=created["id"])
+    # What a write does while Redis is down: the row changes, the token cannot,
+    # and the user is recorded for the first process that reaches Redis again.
+    Memory.objects.filter(pk=memory.pk).update(content="User likes black coffee")
+    PendingInvalidation.objects.create(account_id=memory.account_id, namespace="default", user_id="u1")
+    cache = tiered_cache()
+    cache.local.clear()
+    cache.breaker.failure()
+    cache.breaker.failure()
+    cache.breaker.failure()
+    cache.breaker._opened_at = time.monotonic() - cache.breaker.cooldown  # the next call is the half-open try
+
+    found = selectors._memory_get_cached(memory.account, memory.id)
+
+    assert found.content == "User likes black coffee"
