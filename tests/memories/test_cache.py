@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -430,13 +430,13 @@ class _CountingRedis:
 
         def counting() -> Any:
             client = real()
-            original = client.execute_command
+            original: Callable[..., Any] = client.execute_command
 
             def execute_command(*args: Any, **options: Any) -> Any:
                 self.commands.append(str(args[0]))
                 return original(*args, **options)
 
-            client.execute_command = execute_command
+            monkeypatch.setattr(client, "execute_command", execute_command)
             return client
 
         monkeypatch.setattr(cache, "_redis", counting)
