@@ -49,6 +49,7 @@ class StandInWorker:
     def __init__(self) -> None:
         self.enqueued = 0
         self.batches = 0
+        self.calls = 0
         self.threads: list[threading.Thread] = []
 
     def enqueue(self) -> None:
@@ -60,7 +61,9 @@ class StandInWorker:
     def _run(self) -> None:
         try:
             time.sleep(POLL_SECONDS)
-            self.batches += embedder.drain().batches
+            result = embedder.drain()
+            self.batches += result.batches
+            self.calls += result.calls
         finally:
             connection.close()
 
@@ -107,7 +110,8 @@ def main() -> None:
         print(f"{name:32} {p50:8.2f} {p95:8.2f} {p99:8.2f}")
     print(
         f"burst of {args.repeat} async writes: {worker.enqueued} embedder task(s) enqueued, "
-        f"{worker.batches} model call(s); every vector stored {all_embedded_ms:.0f} ms after the last write"
+        f"{worker.batches} batch(es) in {worker.calls} model call(s); "
+        f"every vector stored {all_embedded_ms:.0f} ms after the last write"
     )
 
 

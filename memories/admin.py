@@ -31,6 +31,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from memories.api.serializers import MemoryUpdateSerializer
+from memories.embedder import embedding_failed, embedding_queue, embedding_retry
 from memories.embedding import get_embedder
 from memories.invalidation import auth_changed
 from memories.models import Account, ApiKey, HistoryAction, Memory, MemoryHistory, Session
@@ -220,12 +221,16 @@ class EmbeddingFilter(admin.SimpleListFilter):
             ("current", get_embedder().model_name),
             ("other", "another model (re-embed these)"),
             ("pending", "pending"),
+            ("failed", "failed to embed"),
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
+        # The predicates of the embedder's partial indexes (memories.embedder).
         if value == "pending":
-            return queryset.filter(embedding__isnull=True)
+            return queryset & embedding_queue()
+        if value == "failed":
+            return queryset & embedding_failed()
         current = get_embedder().model_name
         if value == "current":
             return queryset.filter(embedding__isnull=False, embedding_model=current)
@@ -341,7 +346,7 @@ class MemoryAdmin(FastChangeListMixin, MemoryModelAdmin):
     search_fields = ("=user_id", "=category", "=key", "content")
     search_help_text = "A memory id; or an exact user id, category or key; or words of the content."
     ordering = ("-created_at",)
-    actions = ("pin", "unpin", "reembed")
+    actions = ("pin", "unpin", "reembed", "retry_embedding")
     inlines = (MemoryHistoryInline,)
     readonly_fields = (
         "id",
@@ -392,6 +397,13 @@ class MemoryAdmin(FastChangeListMixin, MemoryModelAdmin):
     def embedding_info(self, obj: Memory) -> str:
         dims = _vector_dims(Memory, obj.pk, "embedding")
         if dims is None:
+            if obj.embedding_failed_at is not None:
+                return f"failed to embed after {obj.embedding_attempts} attempts: {obj.embedding_error}"
+            if obj.embedding_attempts:
+                return (
+                    f"pending, {obj.embedding_attempts} failed attempts (next after"
+                    f" {obj.embedding_next_attempt_at:%Y-%m-%d %H:%M:%S}): {obj.embedding_error}"
+                )
             return "pending"
         return f"{obj.embedding_model or 'unknown model'} · {dims} dims"
 
@@ -441,6 +453,11 @@ class MemoryAdmin(FastChangeListMixin, MemoryModelAdmin):
     def reembed(self, request: HttpRequest, queryset: QuerySet[Memory]) -> None:
         count = memories_reembed(queryset=queryset)
         self.message_user(request, f"Re-embedded {count} memories.", messages.SUCCESS)
+
+    @admin.action(description="Retry embedding of selected memories (failed or waiting)", permissions=["change"])
+    def retry_embedding(self, request: HttpRequest, queryset: QuerySet[Memory]) -> None:
+        count = embedding_retry(queryset=queryset)
+        self.message_user(request, f"{count} memories queued for the background embedder.", messages.SUCCESS)
 
 
 # -- sessions ---------------------------------------------------------------------------------------

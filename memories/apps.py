@@ -28,8 +28,9 @@ class MemoriesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Connects the receivers that invalidate cached authentications.
-        from memories import invalidation  # noqa: F401
+        # invalidation connects the receivers that invalidate cached authentications;
+        # metrics registers the database gauges of /metrics in every process that serves it.
+        from memories import invalidation, metrics  # noqa: F401
 
         # Registers the fork hook: django-q2's workers are forked from a process that queried.
         from memoryproject import forking  # noqa: F401

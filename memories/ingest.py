@@ -25,19 +25,20 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 from django_redis import get_redis_connection
 
 from memories.extraction import Extraction, ExtractionUnavailable, get_extractor, parse_transcript
 from memories.invalidation import users_changed
+from memories.metrics import RAW_PROCESSED, measure_transcript
 from memories.models import (
     Account,
     HistoryAction,
@@ -89,7 +90,8 @@ def transcript_store(
     external_id = session_id or uuid.uuid4().hex
     size = len(session_data.encode() if isinstance(session_data, str) else orjson.dumps(session_data))
     with transaction.atomic():
-        session, _ = Session.objects.get_or_create(
+        # Locked: retention (memories.retention) cannot delete the session between this read and the insert.
+        session, _ = Session.objects.select_for_update(no_key=True).get_or_create(
             account=account,
             namespace=namespace,
             external_id=external_id,
@@ -210,6 +212,8 @@ def requeue_stale_claims() -> int:
     requeued = stale.update(
         status=TranscriptStatus.QUEUED, claim_id=None, next_attempt_at=now, last_error=reason, updated_at=now
     )
+    RAW_PROCESSED.labels("error").inc(given_up)
+    RAW_PROCESSED.labels("retried").inc(requeued)
     return requeued + given_up
 
 
@@ -333,6 +337,7 @@ def _record_failure(
     return CycleResult(retried=1, errors=[f"{transcript.id}: {error}"])
 
 
+@measure_transcript
 def _run(transcript: RawTranscript, claim_id: uuid.UUID) -> CycleResult:
     started = time.perf_counter()
     source: str | list[dict[str, Any]] = transcript.messages if transcript.messages is not None else transcript.text
@@ -429,53 +434,7 @@ def record_heartbeat(*, result: CycleResult) -> None:
         logger.warning("could not write the processor heartbeat to Redis: %s", error)
 
 
-# -- retention and retries ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetentionResult:
-    cutoff: datetime
-    transcripts_deleted: int
-    dry_run: bool
-
-
-def retention_apply(
-    *,
-    retention_days: int,
-    account: Account | None = None,
-    namespace: str | None = None,
-    dry_run: bool = False,
-    batch_size: int = 1_000,
-    on_progress: Callable[[int], None] | None = None,
-) -> RetentionResult:
-    """Delete processed transcripts processed more than `retention_days` ago.
-
-    Only processed ones: a queued, processing or failed transcript is never
-    deleted. The memories and sessions extracted from them stay; their link to
-    the transcript becomes NULL.
-    """
-    cutoff = timezone.now() - timedelta(days=retention_days)
-    queryset: QuerySet[RawTranscript] = RawTranscript.objects.filter(
-        status=TranscriptStatus.PROCESSED, processed_at__lt=cutoff
-    )
-    if account is not None:
-        queryset = queryset.filter(account=account)
-    if namespace is not None:
-        queryset = queryset.filter(namespace=namespace)
-    if dry_run:
-        return RetentionResult(cutoff=cutoff, transcripts_deleted=queryset.count(), dry_run=True)
-    deleted = 0
-    while True:
-        ids = list(queryset.values_list("id", flat=True)[:batch_size])
-        if not ids:
-            break
-        with transaction.atomic():
-            Memory.objects.filter(source_transcript_id__in=ids).update(source_transcript=None)
-            count, _ = RawTranscript.objects.filter(pk__in=ids, status=TranscriptStatus.PROCESSED).delete()
-        deleted += count
-        if on_progress is not None:
-            on_progress(len(ids))
-    return RetentionResult(cutoff=cutoff, transcripts_deleted=deleted, dry_run=False)
+# -- retries -----------------------------------------------------------------------------------------
 
 
 def transcripts_retry(*, transcript_ids: Sequence[uuid.UUID]) -> int:

@@ -9,7 +9,8 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS
 from django_q.models import Schedule
 
-from memories.ingest import process_queued, process_transcript, retention_apply
+from memories.ingest import process_queued, process_transcript
+from memories.retention import retention_apply
 from memories.schedules import ensure_schedule
 
 PROCESS_SCHEDULE = "memories.process_transcripts"
@@ -28,13 +29,15 @@ def process_queued_task() -> dict[str, Any]:
 
 
 def apply_retention_task() -> dict[str, Any]:
-    """Daily: delete transcripts processed more than INGEST RETENTION_DAYS ago (their memories stay)."""
-    result = retention_apply(retention_days=int(settings.INGEST["RETENTION_DAYS"]))
-    return {"cutoff": result.cutoff.isoformat(), "transcripts_deleted": result.transcripts_deleted}
+    """Daily: the whole retention of memories.retention (expired memories, old transcripts, old sessions)."""
+    return asdict(retention_apply())
 
 
 def ensure_ingest_schedules(*, using: str = DEFAULT_DB_ALIAS) -> list[Schedule]:
-    """The processing schedule (every minute) and the retention schedule (daily), each exactly once."""
+    """The processing schedule (every minute) and the retention schedule (daily), each exactly once.
+
+    The retention schedule kept its name from when it only deleted transcripts:
+    a new name would leave the old schedule behind in existing databases."""
     return [
         ensure_schedule(name=PROCESS_SCHEDULE, func=process_queued_task, minutes=1, using=using),
         ensure_schedule(

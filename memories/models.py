@@ -92,6 +92,8 @@ class Session(models.Model):
             models.Index(fields=["account", "namespace", "user_id", "-created_at"], name="session_user_created"),
             # The admin's session list, newest first across all accounts.
             models.Index(fields=["-created_at"], name="session_created"),
+            # Session retention: sessions last updated before a cutoff, oldest first.
+            models.Index(fields=["updated_at"], name="session_updated"),
         ]
 
     def __str__(self) -> str:
@@ -140,6 +142,16 @@ class Memory(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
     embedding_model = models.CharField(max_length=100, blank=True, default="")
+    # The background embedder's record of this row's own failures (a text the
+    # model rejects while it embeds others), reset when the content changes:
+    # failed attempts, the last error, no claim before next_attempt_at (the
+    # backoff), and failed_at once it gave up (ASYNC_EMBED_MAX_ATTEMPTS). An
+    # outage of the whole provider is never counted here. db_default: raw
+    # INSERTs (bulk loads) need not name these columns.
+    embedding_attempts = models.SmallIntegerField(default=0, db_default=0)
+    embedding_error = models.TextField(blank=True, default="", db_default="")
+    embedding_next_attempt_at = models.DateTimeField(null=True, blank=True)
+    embedding_failed_at = models.DateTimeField(null=True, blank=True)
     # The transcript this memory was extracted from; NULL for API writes, and
     # once retention has deleted the transcript (the session link stays).
     source_transcript = models.ForeignKey(
@@ -206,8 +218,19 @@ class Memory(models.Model):
                 name="memory_user_important",
                 condition=Q(importance__gt=0.7),
             ),
-            # The background embedder's queue: rows still waiting for a vector.
-            models.Index(fields=["created_at"], name="memory_pending_embedding", condition=Q(embedding__isnull=True)),
+            # The background embedder's queue, oldest first, and the pending-rows
+            # gauge: rows waiting for a vector that the embedder has not given up on.
+            models.Index(
+                fields=["created_at"],
+                name="memory_embedding_queue",
+                condition=Q(embedding__isnull=True, embedding_failed_at__isnull=True),
+            ),
+            # Rows the embedder gave up on: the admin's filter and the failed-rows gauge.
+            models.Index(
+                fields=["embedding_failed_at"],
+                name="memory_embedding_failed",
+                condition=Q(embedding__isnull=True, embedding_failed_at__isnull=False),
+            ),
             # The expiry sweep: rows with an expiry, soonest first.
             models.Index(fields=["expires_at"], name="memory_expiring", condition=Q(expires_at__isnull=False)),
             # A transcript's memories: reprocessing it, the hierarchy's links, and

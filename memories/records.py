@@ -15,8 +15,17 @@ from django.db import models
 from memories.models import Memory
 
 # What readers never use stays in the database: the vector, the full-text
-# vector and the duplicate-detection hash.
-DEFERRED = ("embedding", "search_vector", "content_hash")
+# vector, the duplicate-detection hash and the background embedder's record of
+# failures (the admin's, read from the row).
+DEFERRED = (
+    "embedding",
+    "search_vector",
+    "content_hash",
+    "embedding_attempts",
+    "embedding_error",
+    "embedding_next_attempt_at",
+    "embedding_failed_at",
+)
 _FIELDS = [field for field in Memory._meta.concrete_fields if field.name not in DEFERRED]
 _ATTNAMES = [field.attname for field in _FIELDS]
 _DATETIMES = {field.attname for field in _FIELDS if isinstance(field, models.DateTimeField)}

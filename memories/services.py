@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from memories.embedder import request_embedding
+from memories.embedder import FAILURE_FIELDS, clear_embedding_failure, request_embedding
 from memories.embedding import get_embedder
 from memories.invalidation import users_changed
 from memories.models import Account, HistoryAction, Memory, MemoryHistory, MemoryKind, content_hash
@@ -259,6 +259,9 @@ def _write(
                 # The old vector describes text that is gone: wait for the new one.
                 memory.embedding = None
                 memory.embedding_model = ""
+            if "content" in changes:
+                # The old text's failures say nothing about the new one.
+                clear_embedding_failure(memory)
             memory.updated_at = now
             if memory.id not in {m.id for m in to_create}:
                 to_update[memory.id] = memory
@@ -274,7 +277,8 @@ def _write(
     Memory.objects.bulk_create(to_create)
     if to_update:
         Memory.objects.bulk_update(
-            list(to_update.values()), [*UPDATABLE_FIELDS, "content_hash", "embedding", "embedding_model", "updated_at"]
+            list(to_update.values()),
+            [*UPDATABLE_FIELDS, "content_hash", "embedding", "embedding_model", *FAILURE_FIELDS, "updated_at"],
         )
     MemoryHistory.objects.bulk_create(history)
     return [result for result in results if result is not None]
@@ -348,7 +352,8 @@ def memory_update(*, memory: Memory, changes: Mapping[str, Any], actor: str) -> 
                 vector = get_embedder().embed([locked.content])[0]
             locked.embedding = vector
             locked.embedding_model = get_embedder().model_name
-            fields += ["content_hash", "embedding", "embedding_model"]
+            clear_embedding_failure(locked)
+            fields += ["content_hash", "embedding", "embedding_model", *FAILURE_FIELDS]
         locked.updated_at = timezone.now()
         users_changed([(locked.account_id, locked.namespace, locked.user_id)])
         try:
@@ -371,9 +376,23 @@ def memory_update(*, memory: Memory, changes: Mapping[str, Any], actor: str) -> 
 
 def memory_delete(*, memory: Memory, actor: str) -> None:
     """Delete a memory; its history stays, ending with the deletion."""
+    memories_delete(memories=[memory], actor=actor)
+
+
+def memories_delete(*, memories: Sequence[Memory], actor: str) -> int:
+    """Delete memories in one transaction; each one's history stays, ending with the deletion.
+
+    The instances need only id, account, namespace, user_id and content loaded.
+    """
+    if not memories:
+        return 0
     with transaction.atomic():
-        users_changed([(memory.account_id, memory.namespace, memory.user_id)])
+        users_changed({(memory.account_id, memory.namespace, memory.user_id) for memory in memories})
         MemoryHistory.objects.bulk_create(
-            [_history(memory, action=HistoryAction.DELETE, actor=actor, old=memory.content, changes={})]
+            [
+                _history(memory, action=HistoryAction.DELETE, actor=actor, old=memory.content, changes={})
+                for memory in memories
+            ]
         )
-        Memory.objects.filter(pk=memory.pk).delete()
+        deleted, _ = Memory.objects.filter(pk__in=[memory.pk for memory in memories]).delete()
+    return deleted

@@ -263,6 +263,11 @@ INGEST: dict[str, Any] = {
     # Transcripts one scheduled run processes at most (it runs every minute).
     "BATCH_SIZE": env_int("INGEST_BATCH_SIZE", 200, minimum=1),
     "RETENTION_DAYS": env_int("INGEST_RETENTION_DAYS", 30, minimum=0),
+    # Retention (memories/retention.py) also deletes sessions idle this long whose
+    # transcripts are all processed; their discrete memories stay.
+    "SESSION_RETENTION_DAYS": env_int("INGEST_SESSION_RETENTION_DAYS", 365, minimum=0),
+    # Rows deleted per transaction by retention: short transactions, short locks.
+    "RETENTION_BATCH_SIZE": env_int("INGEST_RETENTION_BATCH_SIZE", 1000, minimum=1, maximum=100_000),
     "MAX_TRANSCRIPT_CHARS": env_int("INGEST_MAX_TRANSCRIPT_CHARS", 500_000, minimum=1),
     "MAX_MESSAGES": env_int("INGEST_MAX_MESSAGES", 5_000, minimum=1),
     # estimated_processing_time: the mean duration of the last THROUGHPUT_SAMPLE
@@ -307,7 +312,19 @@ ASYNC_WRITES: dict[str, Any] = {
     "BATCH_SIZE": env_int("ASYNC_EMBED_BATCH_SIZE", 50, minimum=1, maximum=1000),
     "FLUSH_INTERVAL": env_float("ASYNC_EMBED_FLUSH_INTERVAL", 0.1, minimum=0.0, maximum=10.0),
     "SWEEP_INTERVAL_MINUTES": env_int("ASYNC_EMBED_SWEEP_INTERVAL_MINUTES", 1, minimum=1, maximum=1440),
+    # A row whose own text makes the model fail (the rest of its batch is
+    # embedded without it) waits RETRY_BASE_SECONDS * 2**(attempt-1), capped at
+    # RETRY_MAX_SECONDS, and is left without a vector after MAX_ATTEMPTS: still
+    # stored, readable and found by keyword. A provider outage counts no attempt.
+    "MAX_ATTEMPTS": env_int("ASYNC_EMBED_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+    "RETRY_BASE_SECONDS": env_float("ASYNC_EMBED_RETRY_BASE_SECONDS", 60.0, minimum=0.0),
+    "RETRY_MAX_SECONDS": env_float("ASYNC_EMBED_RETRY_MAX_SECONDS", 3600.0, minimum=0.0),
 }
+
+# /metrics counts a few things in PostgreSQL on every scrape (queued
+# transcripts, memories waiting for or denied a vector); past this many seconds
+# it leaves those gauges out rather than hold the scrape (memories/metrics.py).
+METRICS_DB_TIMEOUT = env_float("METRICS_DB_TIMEOUT", 0.5, minimum=0.01, maximum=30.0)
 
 # -- logging --------------------------------------------------------------------
 

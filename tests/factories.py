@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db import connection
+from django.utils import timezone
 
-from memories.models import Account, ApiKey, Memory, content_hash
+from memories.models import Account, ApiKey, Memory, RawTranscript, Session, TranscriptStatus, content_hash
 
 
 @dataclass
@@ -62,3 +64,32 @@ def bulk_memories(account: Account, *, count: int, user_id: str | None = None, s
         cursor.execute(hnsw_definition)
         cursor.execute("SET CONSTRAINTS ALL DEFERRED")
         cursor.execute("ANALYZE memories_memory")
+
+
+def make_session(
+    account: Account, external_id: str = "s1", *, user_id: str = "u1", namespace: str = "default", idle_days: float = 0
+) -> Session:
+    """A session last updated `idle_days` ago (updated_at is auto_now: set after the insert)."""
+    session = Session.objects.create(account=account, namespace=namespace, external_id=external_id, user_id=user_id)
+    if idle_days:
+        session.updated_at = timezone.now() - timedelta(days=idle_days)
+        Session.objects.filter(pk=session.pk).update(updated_at=session.updated_at)
+    return session
+
+
+def make_transcript(
+    session: Session, *, status: str = TranscriptStatus.PROCESSED, processed_days_ago: float | None = None
+) -> RawTranscript:
+    """A transcript of the session; a processed one was processed `processed_days_ago` (default: now)."""
+    processed_at = None
+    if processed_days_ago is not None or status == TranscriptStatus.PROCESSED:
+        processed_at = timezone.now() - timedelta(days=processed_days_ago or 0)
+    return RawTranscript.objects.create(
+        account=session.account,
+        namespace=session.namespace,
+        user_id=session.user_id,
+        session=session,
+        text="User: I prefer tea.",
+        status=status,
+        processed_at=processed_at,
+    )

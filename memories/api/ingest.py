@@ -9,6 +9,7 @@ read and write is scoped to the caller's account and that namespace.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from memories.api.errors import error_response
 from memories.api.serializers import NAMESPACE_PATTERN, MetadataField, StrictSerializer
 from memories.extraction import parse_transcript
 from memories.models import Session
+from memories.retention import retention_apply
 
 _NAMESPACE = re.compile(NAMESPACE_PATTERN)
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -145,7 +147,15 @@ class HierarchyQuerySerializer(StrictSerializer):
 
 
 class CleanupSerializer(StrictSerializer):
-    retention_days = serializers.IntegerField(min_value=0, max_value=36_500, required=False)
+    retention_days = serializers.IntegerField(
+        min_value=0, max_value=36_500, required=False, help_text="days processed transcripts are kept (30)"
+    )
+    session_retention_days = serializers.IntegerField(
+        min_value=0,
+        max_value=36_500,
+        required=False,
+        help_text="days an idle session whose transcripts are all processed is kept (INGEST_SESSION_RETENTION_DAYS)",
+    )
     dry_run = serializers.BooleanField(default=False)
 
 
@@ -244,9 +254,15 @@ class ProcessingStatusSerializer(serializers.Serializer[Any]):
 class CleanupOutputSerializer(serializers.Serializer[Any]):
     success = serializers.BooleanField()
     retention_days = serializers.IntegerField()
-    cutoff = serializers.DateTimeField()
+    session_retention_days = serializers.IntegerField()
+    cutoff = serializers.DateTimeField(help_text="transcripts processed before it are deleted")
+    session_cutoff = serializers.DateTimeField(help_text="sessions last updated before it are deleted")
     dry_run = serializers.BooleanField()
-    transcripts_deleted = serializers.IntegerField(help_text="with dry_run: how many would be")
+    transcripts_deleted = serializers.IntegerField(help_text="with dry_run: how many would be (and so below)")
+    sessions_deleted = serializers.IntegerField()
+    summaries_deleted = serializers.IntegerField(help_text="summary memories deleted with their sessions")
+    memories_detached = serializers.IntegerField(help_text="other memories of those sessions: kept, session_id null")
+    expired_memories_deleted = serializers.IntegerField()
 
 
 # -- views -------------------------------------------------------------------------------------------
@@ -354,18 +370,20 @@ class CleanupView(APIView):
         data = CleanupSerializer(data={**request.query_params.dict(), **request.data})
         data.is_valid(raise_exception=True)
         days = data.validated_data.get("retention_days", settings.INGEST["RETENTION_DAYS"])
-        result = ingest.retention_apply(
+        session_days = data.validated_data.get("session_retention_days", settings.INGEST["SESSION_RETENTION_DAYS"])
+        result = retention_apply(
             retention_days=days,
+            session_retention_days=session_days,
             account=caller(request).account,
             namespace=namespace,
             dry_run=data.validated_data["dry_run"],
         )
         answer = {
+            **asdict(result),
             "success": True,
             "retention_days": days,
-            "cutoff": result.cutoff,
-            "dry_run": result.dry_run,
-            "transcripts_deleted": result.transcripts_deleted,
+            "session_retention_days": session_days,
+            "cutoff": result.transcript_cutoff,
         }
         return Response(CleanupOutputSerializer(answer).data)
 

@@ -26,6 +26,7 @@ Vectors = npt.NDArray[np.float32]
 __all__ = [
     "Embedder",
     "EmbeddingError",
+    "EmbeddingUnavailable",
     "Vectors",
     "embed_query",
     "get_embedder",
@@ -48,6 +49,11 @@ class Embedder(Protocol):
 
 class EmbeddingError(Exception):
     """The provider failed: unreachable, timed out, HTTP error, or an answer of the wrong shape."""
+
+
+class EmbeddingUnavailable(EmbeddingError):
+    """The provider as a whole failed (unreachable, timed out, overloaded, refused the
+    credentials or the model), whatever the texts: retrying texts one by one cannot help."""
 
 
 _lock = threading.Lock()

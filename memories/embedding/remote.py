@@ -9,8 +9,12 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from memories.embedding import EmbeddingError
+from memories.embedding import EmbeddingError, EmbeddingUnavailable
 from memoryproject.http import ProcessClient
+
+# Answers about the provider or the request as a whole, not about any text in
+# it: bad credentials, unknown model or path, timeouts, rate limits, server errors.
+PROVIDER_STATUSES = frozenset({401, 403, 404, 408, 429}) | frozenset(range(500, 600))
 
 
 class OpenAIEmbedder:
@@ -53,11 +57,13 @@ class OpenAIEmbedder:
         try:
             response = self._client.get().post(self.url, json={"model": self.model_name, "input": texts})
         except httpx.TimeoutException as exc:
-            raise EmbeddingError(f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})") from exc
+            raise EmbeddingUnavailable(f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
-            raise EmbeddingError(f"{self.url} could not be reached: {type(exc).__name__}: {exc}") from exc
+            raise EmbeddingUnavailable(f"{self.url} could not be reached: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
-            raise EmbeddingError(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
+            # Other 4xx (400, 413, 422) may be about one input, which the caller can isolate.
+            error = EmbeddingUnavailable if response.status_code in PROVIDER_STATUSES else EmbeddingError
+            raise error(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
         try:
             body = response.json()
         except ValueError as exc:

@@ -24,7 +24,6 @@ from memories.ingest import (
     process_queued,
     process_transcript,
     requeue_stale_claims,
-    retention_apply,
     retry_delay,
     transcript_store,
     transcripts_retry,
@@ -41,6 +40,7 @@ from memories.models import (
     TranscriptStatus,
     content_hash,
 )
+from memories.retention import retention_apply
 from tests.factories import AccountWithKey, make_memory
 
 pytestmark = pytest.mark.django_db

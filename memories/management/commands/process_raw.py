@@ -13,14 +13,16 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from memories.ingest import CycleResult, process_queued, retention_apply
+from memories.ingest import CycleResult, process_queued
 from memories.models import RawTranscript, TranscriptStatus
+from memories.retention import retention_apply
 
 
 class Command(BaseCommand):
     help = (
         "Process queued chat transcripts (store_raw) into session summaries and discrete memories, "
-        "and delete processed transcripts older than the retention period. Without --run-once it runs "
+        "and apply retention (as `manage.py cleanup`: processed transcripts older than --retention-days, "
+        "old sessions, expired memories). Without --run-once it runs "
         "a cycle every --interval seconds until stopped (Ctrl-C or SIGTERM finish the current transcript). "
         "Safe beside the django-q2 workers and other copies of itself: each transcript is claimed by one."
     )
@@ -93,7 +95,7 @@ class Command(BaseCommand):
             result = process_queued(limit=limit if limit is not None else max(due, 1) * 2, on_progress=advance)
         retention = retention_apply(retention_days=retention_days, dry_run=dry_run)
         idle = not (result.processed or result.retried or result.failed or result.requeued_stale)
-        if quiet and idle and not retention.transcripts_deleted:
+        if quiet and idle and not retention.total:
             return
         rate = result.processed / result.seconds if result.seconds > 0 else 0.0
         verb = "would delete" if dry_run else "deleted"
@@ -101,7 +103,7 @@ class Command(BaseCommand):
             f"Processed {result.processed} transcripts ({result.memories_created} memories) in {result.seconds:.1f} s "
             f"({rate:.1f}/s); {result.retried} to retry, {result.failed} failed, "
             f"{result.requeued_stale} requeued from stopped workers; retention ({retention_days} days) "
-            f"{verb} {retention.transcripts_deleted} processed transcripts."
+            f"{verb} {retention.describe()}."
         )
         for error in result.errors[:20]:
             self.stderr.write(f"  {error}")
