@@ -28,11 +28,14 @@ MemoryHistory, and skips memories deleted since they were read.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -214,6 +217,90 @@ def record_access(*, memory_ids: Sequence[uuid.UUID], at: datetime | None = None
         _drop(len(memory_ids) - recorded)
 
 
+class _Recorder:
+    """Records reads from a background thread, so that a request does not wait
+    for a Redis round trip to count what it read.
+
+    Requests queue (time, ids); the thread sends everything queued in one
+    pipeline, at most RECORD_DELAY after the first read of a burst. What a
+    process queued but had not sent when it died is lost, like reads made
+    while Redis is down: counts are best effort, never a reason to slow a read.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[int, list[str]]] = deque()
+        self._wake = threading.Event()
+        self._send_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def add(self, micros: int, ids: list[str]) -> None:
+        self._queue.append((micros, ids))
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="access-recorder", daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        delay = float(settings.ACCESS_TRACKING["RECORD_DELAY_SECONDS"])
+        while True:
+            self._wake.wait()
+            # Let the rest of a burst join this send.
+            time.sleep(delay)
+            self._wake.clear()
+            self.send()
+
+    def send(self) -> None:
+        """Send what is queued now (the thread does it by itself; flushes and tests call it to wait)."""
+        with self._send_lock:
+            items: list[tuple[int, list[str]]] = []
+            while self._queue:
+                items.append(self._queue.popleft())
+            if not items:
+                return
+            reads = sum(len(ids) for _, ids in items)
+            try:
+                with tiered_cache().guarded("access") as client:
+                    pipeline = client.pipeline(transaction=False)
+                    key = _pending_key()
+                    for micros, ids in items:
+                        for start in range(0, len(ids), _RECORD_CHUNK):
+                            _RECORD(keys=[key], args=[micros, *ids[start : start + _RECORD_CHUNK]], client=pipeline)
+                    pipeline.execute()
+            except CacheUnavailable:
+                _drop(reads)
+            except Exception:  # the thread must live on whatever one send met
+                logger.exception("could not record %d reads", reads)
+                _drop(reads)
+
+
+_recorder = _Recorder()
+
+
+def _new_recorder_in_child() -> None:
+    # The parent's thread does not exist in a forked child, and its queue is the parent's to send.
+    global _recorder
+    _recorder = _Recorder()
+
+
+os.register_at_fork(after_in_child=_new_recorder_in_child)
+atexit.register(lambda: _recorder.send())
+
+
+def record_access_later(*, memory_ids: Sequence[uuid.UUID], at: datetime | None = None) -> None:
+    """record_access without waiting for Redis: what the API's reads use."""
+    if not memory_ids or not settings.ACCESS_TRACKING["ENABLED"]:
+        return
+    _recorder.add(_micros(at), [memory_id.hex for memory_id in memory_ids])
+
+
+def send_queued_records() -> None:
+    """Send the reads this process has queued but not yet sent to Redis."""
+    _recorder.send()
+
+
 # -- flushing --------------------------------------------------------------------------------
 
 
@@ -347,6 +434,7 @@ def flush_access_counts(*, batch_size: int = 1000) -> FlushResult:
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    send_queued_records()
     started = time.perf_counter()
     client = _redis()
     memories = reads = claims = recovered = 0
@@ -382,6 +470,7 @@ def flush_access_counts(*, batch_size: int = 1000) -> FlushResult:
 
 def pending_access() -> PendingAccess:
     """What a flush would apply now: the pending reads and the claims not yet applied."""
+    send_queued_records()
     client = _redis()
     live, _ = _claims(client)
     applied = set(AccessFlush.objects.filter(claim_id__in=live).values_list("claim_id", flat=True))

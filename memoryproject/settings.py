@@ -300,6 +300,9 @@ ACCESS_TRACKING: dict[str, Any] = {
     "ENABLED": env_bool("ACCESS_TRACKING_ENABLED", True),
     "FLUSH_INTERVAL_MINUTES": env_int("ACCESS_FLUSH_INTERVAL_MINUTES", 1, minimum=1, maximum=1440),
     "FLUSH_BATCH_SIZE": env_int("ACCESS_FLUSH_BATCH_SIZE", 1000, minimum=1, maximum=50_000),
+    # Reads are sent to Redis by a background thread, this long after the
+    # first read of a burst: a request never waits for the count.
+    "RECORD_DELAY_SECONDS": env_float("ACCESS_RECORD_DELAY", 0.05, minimum=0.0, maximum=10.0),
     # After a Redis error, reads go uncounted for this long instead of each
     # waiting for Redis's timeout.
 }

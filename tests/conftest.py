@@ -16,6 +16,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 import memories.embedding as embedding
+from memories.access import send_queued_records
 from memories.cache import tiered_cache
 from memories.embedding import Embedder, Vectors, get_embedder
 from tests.factories import AccountWithKey, make_account
@@ -47,6 +48,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _clean_cache() -> None:
     """Each test starts with empty tiers: Redis's test database flushed, this process's L1 and breaker reset."""
+    # Reads an earlier test queued must not land in this test's Redis.
+    send_queued_records()
     cache.clear()
     tiered = tiered_cache()
     tiered.local.clear()

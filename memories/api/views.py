@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from memories import selectors, services
-from memories.access import record_access
+from memories.access import record_access_later
 from memories.api.auth import caller
 from memories.api.errors import PayloadTooLarge, ServiceUnavailable, error_response
 from memories.api.serializers import (
@@ -83,7 +83,7 @@ class MemoryCollectionView(APIView):
             )
         except selectors.InvalidCursor as error:
             raise serializers.ValidationError({"cursor": [str(error)]}) from None
-        record_access(memory_ids=[memory.id for memory in page.items])
+        record_access_later(memory_ids=[memory.id for memory in page.items])
         return Response(MemoryPageSerializer({"results": page.items, "next_cursor": page.next_cursor}).data)
 
     @extend_schema(
@@ -164,7 +164,7 @@ class MemoryDetailView(APIView):
     def get(self, request: Request, memory_id: uuid.UUID) -> Response:
         _reject_query_params(request)
         memory = _get_memory(request, memory_id)
-        record_access(memory_ids=[memory.id])
+        record_access_later(memory_ids=[memory.id])
         return Response(MemoryOutputSerializer(memory).data)
 
     @extend_schema(operation_id="memory_update", request=MemoryUpdateSerializer, responses=MemoryOutputSerializer)
@@ -211,7 +211,7 @@ class RelevantView(APIView):
             limit=params.validated_data["limit"],
             min_score=params.validated_data["min_score"],
         )
-        record_access(memory_ids=[hit.memory.id for hit in hits])
+        record_access_later(memory_ids=[hit.memory.id for hit in hits])
         return Response(SearchOutputSerializer({"query": params.validated_data["query"], "results": hits}).data)
 
     @extend_schema(

@@ -420,3 +420,47 @@ def test_the_command_dry_run_applies_nothing(account: AccountWithKey) -> None:
 def test_the_command_reports_redis_down_as_an_error(closed_port: int) -> None:
     with override_settings(CACHES=_caches_at(closed_port)), pytest.raises(CommandError, match="Redis is unavailable"):
         call_command("flush_access", stdout=StringIO())
+
+
+# -- recording in the background -------------------------------------------------------------------
+
+
+def _pending_fields() -> dict[bytes, bytes]:
+    """The pending hash as Redis holds it now (pending_access() would first send the queue)."""
+    return cast(dict[bytes, bytes], access._redis().hgetall(access._pending_key()))
+
+
+@pytest.mark.django_db
+def test_an_api_read_is_counted_by_the_background_thread_without_the_request_waiting(
+    account: AccountWithKey, api: Any
+) -> None:
+    memory = make_memory(account.account, "User flies to Lisbon monthly")
+
+    assert api.get(f"/memory/memories/{memory.id}").status_code == 200
+
+    field = f"n:{memory.id.hex}".encode()
+    deadline = time.monotonic() + 5
+    while field not in _pending_fields():
+        assert time.monotonic() < deadline, "the recorder thread never sent the read"
+        time.sleep(0.01)
+    assert _pending_fields()[field] == b"1"
+
+
+@pytest.mark.django_db
+def test_reads_queued_in_a_burst_are_sent_together_and_all_counted(account: AccountWithKey) -> None:
+    memories = _memories(account, 5)
+    for memory in memories * 4:
+        access.record_access_later(memory_ids=[memory.id])
+
+    flush_access_counts()
+
+    assert set(_counts(memories).values()) == {4}
+
+
+def test_queued_reads_are_dropped_and_counted_when_redis_is_down(closed_port: int) -> None:
+    dropped = dropped_records()
+    with override_settings(CACHES=_caches_at(closed_port)):
+        access.record_access_later(memory_ids=[uuid.uuid4(), uuid.uuid4()])
+        access.send_queued_records()
+
+    assert dropped_records() == dropped + 2
