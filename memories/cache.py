@@ -332,7 +332,7 @@ class TieredCache:
 
         With `valid_with_generation`, the value from L2 is checked by it instead,
         given the current token of the generation key the value names (see
-        generation_entry), read in the same round trip as the value: None when
+        generation_prefix), read in the same round trip as the value: None when
         the value names none or the token is missing.
         """
         raw = self.local.get(key)
@@ -506,7 +506,7 @@ class TieredCache:
 STATS_KEY = "cache:stats"
 
 # An entry that starts with its token and the key of that token
-# (generation_entry) comes back with the key's current value: the value and
+# (generation_prefix) comes back with the key's current value: the value and
 # its validity in one round trip. The pattern is anchored at the start, so
 # nothing inside the entry (a memory's content, its metadata) can be taken for it.
 _ENTRY_AND_GENERATION = Script(
@@ -525,11 +525,11 @@ return {value, redis.call('GET', name)}
 )
 
 
-def generation_entry(generation: str, generation_key: str, body: str) -> str:
-    """`{"gen": token, "gk": key of the token, <body>}` as JSON text, with `body`
-    the rest of the object's members as JSON text: the form get_or_set's
+def generation_prefix(generation: str, generation_key: str) -> str:
+    """`{"gen": token, "gk": key of the token,` as JSON text: an entry made of
+    it, its other members and `}` has the form get_or_set's
     valid_with_generation reads."""
-    return f'{{"gen":{orjson.dumps(generation).decode()},"gk":{orjson.dumps(generation_key).decode()},{body}}}'
+    return f'{{"gen":{orjson.dumps(generation).decode()},"gk":{orjson.dumps(generation_key).decode()},'
 
 
 def _rate(hits: int, misses: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from memories.cache import TieredCache, generation_entry, memory_key_sql
+from memories.cache import TieredCache, generation_prefix, memory_key_sql
 from memories.models import Account, Memory, Session
 from memories.ranking import score_sql
 from memories.records import record_json_sql
@@ -78,10 +78,11 @@ class PreloadItem:
         return orjson.loads(self.record_json)  # type: ignore[no-any-return]
 
 
-def preload_entry(generation: str, generation_key: str, record_json: str) -> str:
-    """The L2 entry of a memory by id (memories.selectors), marked as preloaded:
-    a read that finds the mark counts as a preload hit."""
-    return generation_entry(generation, generation_key, f'"memory":{record_json},"preloaded":true')
+def preload_entry(prefix: str, record_json: str) -> str:
+    """The L2 entry of a memory by id (memories.selectors), after its user's
+    generation_prefix, marked as preloaded: a read that finds the mark counts
+    as a preload hit."""
+    return f'{prefix}"memory":{record_json},"preloaded":true}}'
 
 
 # -- the strategies ---------------------------------------------------------------
@@ -426,15 +427,16 @@ def preload_sets(
     rows = _fetch(*_sets_query(account=account, namespace=namespace, users=users, now=now))
     strategies_of: dict[int, tuple[Strategy, ...]] = {}
     tokens = generations or {}
-    generation_keys: dict[str, str] = {}
+    prefixes: dict[str, str] = {}
     for user_id, bits, score, memory_id, expires_at, key, record in rows:
         chosen_by = strategies_of.get(bits)
         if chosen_by is None:
             chosen_by = strategies_of[bits] = _strategies_of(bits)
-        generation_key = generation_keys.get(user_id)
-        if generation_key is None:
-            generation_key = generation_keys[user_id] = TieredCache.generation_key(account.id, namespace, user_id)
-        entry = preload_entry(tokens.get(user_id, ""), generation_key, record)
+        prefix = prefixes.get(user_id)
+        if prefix is None:
+            generation_key = TieredCache.generation_key(account.id, namespace, user_id)
+            prefix = prefixes[user_id] = generation_prefix(tokens.get(user_id, ""), generation_key)
+        entry = preload_entry(prefix, record)
         size = len(key) + len(entry.encode())
         sets[user_id].append(PreloadItem(memory_id, expires_at, key, entry, size, record, chosen_by, score))
     return sets
