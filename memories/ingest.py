@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import orjson
@@ -122,6 +123,9 @@ def _enqueue(transcript_id: uuid.UUID) -> None:
 
 
 # -- processing --------------------------------------------------------------------------------------
+
+# What an operator may queue again: not a transcript a worker holds right now.
+_RETRYABLE = (TranscriptStatus.ERROR, TranscriptStatus.PROCESSED, TranscriptStatus.QUEUED)
 
 
 @dataclass
@@ -437,9 +441,22 @@ def record_heartbeat(*, result: CycleResult) -> None:
 # -- retries -----------------------------------------------------------------------------------------
 
 
+def transcripts_reprocess(*, transcript_ids: Sequence[uuid.UUID]) -> int:
+    """transcripts_retry, then a processing task for each at once instead of at the next cycle."""
+    with transaction.atomic():
+        queued = list(
+            RawTranscript.objects.filter(pk__in=transcript_ids, status__in=_RETRYABLE).values_list("id", flat=True)
+        )
+        count = transcripts_retry(transcript_ids=queued)
+        for transcript_id in queued:
+            # A row that changed status in between is not claimed by its task: harmless.
+            transaction.on_commit(partial(_enqueue, transcript_id))
+    return count
+
+
 def transcripts_retry(*, transcript_ids: Sequence[uuid.UUID]) -> int:
     """Queue transcripts again now (admin): failed ones get a fresh set of attempts, processed ones are redone."""
     now = timezone.now()
-    return RawTranscript.objects.filter(
-        pk__in=transcript_ids, status__in=[TranscriptStatus.ERROR, TranscriptStatus.PROCESSED, TranscriptStatus.QUEUED]
-    ).update(status=TranscriptStatus.QUEUED, attempts=0, next_attempt_at=now, claim_id=None, updated_at=now)
+    return RawTranscript.objects.filter(pk__in=transcript_ids, status__in=_RETRYABLE).update(
+        status=TranscriptStatus.QUEUED, attempts=0, next_attempt_at=now, claim_id=None, updated_at=now
+    )

@@ -3,13 +3,14 @@ action, and the processor's heartbeat and daily statistics. Imported by memories
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from memories.ingest import transcripts_retry
+from memories.ingest import transcripts_reprocess, transcripts_retry
 from memories.models import ProcessingDay, ProcessorHeartbeat, RawTranscript
 
 SHORT_ERROR_CHARS = 80
@@ -51,7 +52,7 @@ class RawTranscriptAdmin(ReadOnlyAdminMixin, TranscriptModelAdmin):
     list_select_related = ("account", "session")
     search_fields = ("=id", "=user_id", "=session__external_id")
     ordering = ("-created_at",)
-    actions = ("retry",)
+    actions = ("retry", "reprocess")
     show_full_result_count = False
     fields = (
         "id",
@@ -80,11 +81,24 @@ class RawTranscriptAdmin(ReadOnlyAdminMixin, TranscriptModelAdmin):
         error = obj.last_error
         return error if len(error) <= SHORT_ERROR_CHARS else error[: SHORT_ERROR_CHARS - 1] + "…"
 
-    @admin.action(description="Process again now (failed: a fresh set of attempts; processed: reprocess)")
+    @admin.action(description="Mark for retry at the next processing cycle (failed ones get a fresh set of attempts)")
     def retry(self, request: HttpRequest, queryset: QuerySet[RawTranscript]) -> None:
-        count = transcripts_retry(transcript_ids=list(queryset.values_list("id", flat=True)))
+        self._queued(request, queryset, transcripts_retry, "at the next processing cycle (within a minute)")
+
+    @admin.action(description="Reprocess now (a processing task for each at once)")
+    def reprocess(self, request: HttpRequest, queryset: QuerySet[RawTranscript]) -> None:
+        self._queued(request, queryset, transcripts_reprocess, "with a task each, now")
+
+    def _queued(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[RawTranscript],
+        queue: Callable[..., int],
+        when: str,
+    ) -> None:
+        count = queue(transcript_ids=list(queryset.values_list("id", flat=True)))
         skipped = queryset.count() - count
-        self.message_user(request, f"Queued {count} transcripts again.", messages.SUCCESS)
+        self.message_user(request, f"Queued {count} transcripts again, {when}.", messages.SUCCESS)
         if skipped > 0:
             self.message_user(request, f"{skipped} are being processed right now; left alone.", messages.WARNING)
 

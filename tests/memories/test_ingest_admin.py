@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django_q.models import OrmQ
 
 from memories.ingest import transcript_store
 from memories.models import RawTranscript, TranscriptStatus
@@ -63,3 +66,25 @@ def test_retry_action_queues_failed_transcripts_with_fresh_attempts(
 def test_heartbeat_and_daily_statistics_pages_load(admin_client: Client) -> None:
     assert admin_client.get(reverse("admin:memories_processorheartbeat_changelist")).status_code == 200
     assert admin_client.get(reverse("admin:memories_processingday_changelist")).status_code == 200
+
+
+def test_reprocess_action_queues_a_processing_task_for_each_transcript_at_once(
+    admin_client: Client, account: AccountWithKey, django_capture_on_commit_callbacks: Any
+) -> None:
+    processed = _transcript(account, "a", TranscriptStatus.PROCESSED)
+    busy = _transcript(account, "b", TranscriptStatus.PROCESSING)
+    OrmQ.objects.all().delete()  # the tasks store_raw queued
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            reverse("admin:memories_rawtranscript_changelist"),
+            {"action": "reprocess", "_selected_action": [str(processed.id), str(busy.id)]},
+            follow=True,
+        )
+
+    assert response.status_code == 200
+    processed.refresh_from_db()
+    assert (processed.status, processed.attempts) == (TranscriptStatus.QUEUED, 0)
+    tasks = [task.task["args"] for task in OrmQ.objects.all()]
+    assert tasks == [(str(processed.id),)]
+    assert "1 are being processed right now" in response.content.decode()
