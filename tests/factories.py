@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -10,6 +11,7 @@ from django.db import connection
 from django.utils import timezone
 
 from memories.models import Account, ApiKey, Memory, RawTranscript, Session, TranscriptStatus, content_hash
+from memories.services import MemoryInput, memory_batch_create_pending
 
 
 @dataclass
@@ -93,3 +95,35 @@ def make_transcript(
         status=status,
         processed_at=processed_at,
     )
+
+
+def bulk_processed_transcripts(session: Session, *, count: int) -> None:
+    """`count` processed transcripts of the session: a live table's shape (many done, few queued) for query plans."""
+    RawTranscript.objects.bulk_create(
+        [
+            RawTranscript(
+                account=session.account,
+                namespace=session.namespace,
+                user_id=session.user_id,
+                session=session,
+                text="User: hi",
+                status=TranscriptStatus.PROCESSED,
+                processed_at=timezone.now(),
+            )
+            for _ in range(count)
+        ]
+    )
+
+
+def make_pending(account: Account, contents: Sequence[str], *, user_id: str = "u1") -> list[Memory]:
+    """Memories stored without their vector (an async write), one millisecond apart, oldest first:
+    the embedder claims them in this order (the rows of one batch write would share one created_at)."""
+    results = memory_batch_create_pending(
+        account=account, items=[MemoryInput(user_id=user_id, content=content) for content in contents], actor="test"
+    )
+    memories = [result.memory for result in results]
+    base = timezone.now()
+    for offset, memory in enumerate(memories):
+        memory.created_at = base + timedelta(milliseconds=offset)
+    Memory.objects.bulk_update(memories, ["created_at"])
+    return memories

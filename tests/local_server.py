@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """A quiet handler that reads and writes JSON bodies, as hosted APIs do."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def read_json(self) -> Any:
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def answer(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            pass  # the client gave up (a timeout test) or was killed (a crash test) first
+
+    def answer_json(self, status: int, body: Any) -> None:
+        self.answer(status, json.dumps(body).encode())
 
 
 @contextmanager

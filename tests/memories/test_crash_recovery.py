@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from memories.models import (
 )
 from memories.services import MemoryInput, memory_batch_create_pending
 from tests.factories import AccountWithKey
-from tests.local_server import local_server
+from tests.local_server import JSONHandler, local_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -101,22 +100,10 @@ class Serving:
     stack: ExitStack = field(default_factory=ExitStack)
 
     def start(self, upstream: Upstream) -> Upstream:
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(JSONHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, reply = upstream.handle(body)
-                payload = json.dumps(reply).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the worker was killed while we held its request
+                # A worker killed while its request is held: answer_json finds it gone and lets it be.
+                self.answer_json(*upstream.handle(self.read_json()))
 
         upstream.url = self.stack.enter_context(local_server(Handler))
         self.started.append(upstream)

@@ -4,7 +4,6 @@ crashes, coalescing of requests, the sweeper's schedule and the command."""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
 from io import StringIO
 from typing import Any
 
@@ -12,7 +11,6 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 from django_q.models import Schedule
 
 import memories.embedder as embedder
@@ -23,23 +21,11 @@ from memories.services import MemoryInput, memory_batch_create_pending
 from memories.tasks import EMBED_SWEEP_SCHEDULE, ensure_embed_sweep_schedule, sweep_pending_embeddings_task
 from tests.concurrency import in_threads
 from tests.conftest import SpyEmbedder
-from tests.factories import AccountWithKey, make_account
+from tests.factories import AccountWithKey, make_account, make_pending
 
 
 def _pending(account: Account, count: int, *, user_id: str = "u1") -> list[Memory]:
-    """Pending rows, one millisecond apart: rows of one batch write share their created_at, and
-    among equals the claim's order is the heap's, which earlier tests' dead rows can shuffle."""
-    results = memory_batch_create_pending(
-        account=account,
-        items=[MemoryInput(user_id=user_id, content=f"Pending fact number {i} about tea") for i in range(count)],
-        actor="test",
-    )
-    memories = [result.memory for result in results]
-    base = timezone.now()
-    for offset, memory in enumerate(memories):
-        memory.created_at = base + timedelta(milliseconds=offset)
-    Memory.objects.bulk_update(memories, ["created_at"])
-    return memories
+    return make_pending(account, [f"Pending fact number {i} about tea" for i in range(count)], user_id=user_id)
 
 
 @pytest.fixture

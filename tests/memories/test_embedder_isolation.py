@@ -8,8 +8,6 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
@@ -26,8 +24,8 @@ from memories.embedder_isolation import PROBE_TEXT, embed_isolating
 from memories.embedding import EmbeddingError, Vectors, get_embedder
 from memories.models import Account, Memory
 from memories.services import MemoryInput, memory_batch_create_pending
-from tests.factories import AccountWithKey
-from tests.local_server import local_server
+from tests.factories import AccountWithKey, make_pending
+from tests.local_server import JSONHandler, local_server
 
 POISON = "POISON-PILL"
 DIMENSIONS = 384
@@ -59,30 +57,19 @@ class FakeProvider:
 def provider(settings: Any) -> Iterator[FakeProvider]:
     state = FakeProvider()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _answer(self, status: int, body: dict[str, Any]) -> None:
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
+    class Handler(JSONHandler):
         def do_POST(self) -> None:
             texts: list[str] = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["input"]
             with state.lock:
                 state.requests.append(texts)
                 seen = len(state.requests)
             if state.mode == "down" or (state.down_after is not None and seen > state.down_after):
-                self._answer(503, {"error": {"message": "overloaded"}})
+                self.answer_json(503, {"error": {"message": "overloaded"}})
             elif state.mode == "reject_all" or any(POISON in text for text in texts):
-                self._answer(400, {"error": {"message": "input rejected by the model"}})
+                self.answer_json(400, {"error": {"message": "input rejected by the model"}})
             else:
                 data = [{"object": "embedding", "index": i, "embedding": _vector(t)} for i, t in enumerate(texts)]
-                self._answer(200, {"object": "list", "data": data})
+                self.answer_json(200, {"object": "list", "data": data})
 
     with local_server(Handler) as url:
         state.url = url
@@ -99,16 +86,7 @@ def provider(settings: Any) -> Iterator[FakeProvider]:
 
 
 def _pending(account: Account, contents: Sequence[str], *, user_id: str = "u1") -> list[Memory]:
-    """Pending rows, one millisecond apart: the claim takes them in this order (one batch shares its time)."""
-    results = memory_batch_create_pending(
-        account=account, items=[MemoryInput(user_id=user_id, content=content) for content in contents], actor="test"
-    )
-    memories = [result.memory for result in results]
-    base = timezone.now()
-    for offset, memory in enumerate(memories):
-        memory.created_at = base + timedelta(milliseconds=offset)
-    Memory.objects.bulk_update(memories, ["created_at"])
-    return memories
+    return make_pending(account, contents, user_id=user_id)
 
 
 def _good(count: int, start: int = 0) -> list[str]:

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from memories.embedding import (
 from memories.embedding.minilm import MAX_SEQ_LENGTH, MODEL_NAME, MiniLM
 from memories.embedding.remote import OpenAIEmbedder
 from tests.conftest import SpyEmbedder
-from tests.local_server import local_server
+from tests.local_server import JSONHandler, local_server
 
 Vector = npt.NDArray[np.float32]
 
@@ -263,26 +262,15 @@ class FakeOpenAI:
 def server(model: MiniLM) -> Iterator[FakeOpenAI]:
     state = FakeOpenAI(url="")
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _answer(self, status: int, body: dict[str, Any]) -> None:
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
+    class Handler(JSONHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
             if self.path != "/v1/embeddings":
-                self._answer(404, {"error": {"message": "not found"}})
+                self.answer_json(404, {"error": {"message": "not found"}})
                 return
             if state.mode == "error":
-                self._answer(500, {"error": {"message": "the model crashed"}})
+                self.answer_json(500, {"error": {"message": "the model crashed"}})
                 return
             if state.mode == "slow":
                 time.sleep(1.0)
@@ -298,7 +286,7 @@ def server(model: MiniLM) -> Iterator[FakeOpenAI]:
             ][::-1]
             response = {"object": "list", "model": body["model"], "data": data}
             state.raw_responses.append(response)
-            self._answer(200, response)
+            self.answer_json(200, response)
 
     with local_server(Handler) as url:
         state.url = url

@@ -41,7 +41,7 @@ from memories.models import (
     content_hash,
 )
 from memories.retention import retention_apply
-from tests.factories import AccountWithKey, make_memory
+from tests.factories import AccountWithKey, bulk_processed_transcripts, make_memory
 
 pytestmark = pytest.mark.django_db
 
@@ -374,20 +374,7 @@ def test_queue_scans_use_the_partial_indexes(account: AccountWithKey) -> None:
 
     # Many processed transcripts, few queued: the shape of a live table.
     transcript = _store(account.account)
-    RawTranscript.objects.bulk_create(
-        [
-            RawTranscript(
-                account=account.account,
-                namespace="travel",
-                user_id="u1",
-                session=transcript.session,
-                text="User: hi",
-                status=TranscriptStatus.PROCESSED,
-                processed_at=timezone.now(),
-            )
-            for _ in range(3000)
-        ]
-    )
+    bulk_processed_transcripts(transcript.session, count=3000)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE memories_rawtranscript")
     due = (

@@ -9,7 +9,6 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from django.test import override_settings
 from memories.extraction import ExtractedMemory, ExtractionUnavailable, Message, get_extractor
 from memories.extraction.llm import MAX_CONTENT_CHARS, MAX_MEMORIES, LLMExtractor
 from memories.extraction.rules import RuleExtractor
-from tests.local_server import local_server
+from tests.local_server import JSONHandler, local_server
 
 MESSAGES = [
     Message("system", "Be brief."),
@@ -53,31 +52,18 @@ class FakeChat:
 def server() -> Iterator[FakeChat]:
     state = FakeChat(url="")
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _answer(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up first: that is the timeout test
-
+    class Handler(JSONHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
             if self.path != "/v1/chat/completions":
-                self._answer(404, b'{"error": {"message": "not found"}}')
+                self.answer(404, b'{"error": {"message": "not found"}}')
                 return
             if state.mode == "error":
-                self._answer(500, b'{"error": {"message": "the model crashed"}}')
+                self.answer(500, b'{"error": {"message": "the model crashed"}}')
                 return
             if state.mode == "html":
-                self._answer(200, b"<html>Bad gateway</html>", "text/html")
+                self.answer(200, b"<html>Bad gateway</html>", "text/html")
                 return
             if state.mode == "slow":
                 time.sleep(1.0)
@@ -96,7 +82,7 @@ def server() -> Iterator[FakeChat]:
             }
             if state.mode == "no_choices":
                 completion["choices"] = []
-            self._answer(200, json.dumps(completion).encode())
+            self.answer(200, json.dumps(completion).encode())
 
     with local_server(Handler) as url:
         state.url = url

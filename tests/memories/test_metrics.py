@@ -19,7 +19,7 @@ import memories.metrics as metrics
 from memories.ingest import process_transcript, requeue_stale_claims, transcript_store
 from memories.models import Account, Memory, RawTranscript, TranscriptStatus
 from memories.services import MemoryInput, memory_batch_create_pending
-from tests.factories import AccountWithKey, bulk_memories
+from tests.factories import AccountWithKey, bulk_memories, bulk_processed_transcripts
 
 pytestmark = pytest.mark.django_db
 
@@ -164,20 +164,7 @@ def test_the_gauges_count_through_the_partial_indexes(account: AccountWithKey) -
     # Many embedded rows and processed transcripts, few waiting: the shape of a live table.
     bulk_memories(account.account, count=5_000)
     transcript = _store(account.account)
-    RawTranscript.objects.bulk_create(
-        [
-            RawTranscript(
-                account=account.account,
-                namespace="travel",
-                user_id="u1",
-                session=transcript.session,
-                text="User: hi",
-                status=TranscriptStatus.PROCESSED,
-                processed_at=timezone.now(),
-            )
-            for _ in range(3_000)
-        ]
-    )
+    bulk_processed_transcripts(transcript.session, count=3000)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE memories_memory")
         cursor.execute("ANALYZE memories_rawtranscript")
