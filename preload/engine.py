@@ -142,18 +142,18 @@ def _user_writes(
         chosen=chosen,
         page_size=int(settings.MEMORY["DEFAULT_PAGE_SIZE"]),
     )
-    page_size = len(page.key) + len(page.value.encode()) if page else 0
+    page_bytes = len(page.key) + len(page.value.encode()) if page else 0
     if budget is not None:
         offered = [(item.score, item.size, item.key, 1) for item, _ in chosen]
         if page:
-            offered.append((page.score, page_size, page.key, 0))
+            offered.append((page.score, page_bytes, page.key, 0))
         admitted, given_back = budget.admit(offered)
         writes.evicted += given_back
         if len(admitted) < len(offered):
             kept = set(admitted)
             chosen = [(item, ttl) for item, ttl in chosen if item.key in kept]
             if page and page.key not in kept:
-                page, page_size = None, 0
+                page, page_bytes = None, 0
     if page:
         writes.entries.append((page.key, page.value, max(int(page.ttl * 1000), 1)))
     keys: dict[str, list[str]] = {}
@@ -169,7 +169,7 @@ def _user_writes(
         marker = TieredCache.preload_marker_key(account_id, namespace, user_id)
         writes.entries.append((marker, b"1", max(int(longest * 1000), 1)))
     return UserPreload(
-        memories=len(chosen), bytes=sum(item.size for item, _ in chosen) + page_size, keys=keys, list_page=bool(page)
+        memories=len(chosen), bytes=sum(item.size for item, _ in chosen) + page_bytes, keys=keys, list_page=bool(page)
     )
 
 
