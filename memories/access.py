@@ -3,7 +3,9 @@ last_accessed_at without one UPDATE per read.
 
 record_access() adds a request's reads to one Redis hash, `access:pending`
 (fields `n:<id>`, the reads, and `t:<id>`, the latest read in µs since the
-epoch), in one atomic Lua call. flush_access_counts(), run by a django-q2
+epoch), in one atomic Lua call; the API's reads use record_access_later(),
+which leaves that call to a background thread of the process (_Recorder), so
+a request does not wait for it. flush_access_counts(), run by a django-q2
 schedule, claims that hash by renaming it to `access:flushing:<claim id>`,
 applies it to PostgreSQL in batches, and only then deletes it.
 
