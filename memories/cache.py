@@ -57,7 +57,12 @@ CACHE_TYPES = ("memory", "list", "search", "embedding", "auth")
 HITS = Counter("memory_cache_hits_total", "Cache hits", ["type", "tier"])
 MISSES = Counter("memory_cache_misses_total", "Cache misses", ["type", "tier"])
 INVALIDATIONS = Counter("memory_cache_invalidations_total", "Generations replaced by writes", ["type"])
-SIZE_BYTES = Gauge("memory_cache_size_bytes", "Bytes held by the cache", ["type", "tier"])
+# Under multiprocess mode (memoryproject.prometheus) one series per live process,
+# labelled pid: "liveall", because no single aggregate is right for both tiers.
+# l1 is each process's own memory (sum them: sum without (pid)); l2 is Redis's
+# size, the same fact seen by whichever processes last served the stats (max
+# without (pid)). "live": a dead process holds no cache, its series goes.
+SIZE_BYTES = Gauge("memory_cache_size_bytes", "Bytes held by the cache", ["type", "tier"], multiprocess_mode="liveall")
 PRELOAD_HITS = Counter("preload_hits_total", "Reads by id of preloaded users served from a preloaded entry")
 PRELOAD_MISSES = Counter("preload_misses_total", "Reads by id of preloaded users that went to PostgreSQL")
 BYPASSES = Counter("memory_cache_bypass_total", "Cache operations skipped because Redis is unavailable", ["type"])

@@ -1,8 +1,9 @@
 """Prometheus metrics of the background work: transcript processing, and the
 gauges that are facts of the database rather than of one process.
 
-The counters and histograms count what this process did (django-prometheus
-serves the process's default registry at /metrics). The queue depths are
+The counters and histograms count what this process did; under `make run`
+(PROMETHEUS_MULTIPROC_DIR) /metrics sums them over every process, the job
+workers included (memoryproject.prometheus). The queue depths are
 read from PostgreSQL on every scrape instead, by a collector: a number kept in
 one process would say nothing about rows written and processed by others.
 Each is a count over a partial index (an index-only scan), capped and under a
@@ -21,11 +22,12 @@ from typing import Protocol, TypeVar
 
 from django.conf import settings
 from django.db import connection, transaction
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from memories.models import Memory, RawTranscript, TranscriptStatus
+from memoryproject.prometheus import register_collector
 
 logger = logging.getLogger(__name__)
 
@@ -166,4 +168,4 @@ class DatabaseGauges(Collector):
 
 
 DATABASE_GAUGES = DatabaseGauges()
-REGISTRY.register(DATABASE_GAUGES)
+register_collector(DATABASE_GAUGES)

@@ -7,6 +7,12 @@ connection, pool thread or lock held by the arbiter is ever inherited by a fork.
 from __future__ import annotations
 
 import os
+from typing import Protocol
+
+
+class _Worker(Protocol):
+    pid: int
+
 
 proc_name = "memoryproject"
 # A worker loads the embedding model on its first request that needs it; that,
@@ -22,3 +28,12 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm
 # ($HOME/.gunicorn/gunicorn.ctl): two servers (two checkouts, or the end-to-end
 # test beside `make run`) would fight over it. run.py controls gunicorn with signals.
 control_socket_disable = True
+
+
+def child_exit(server: object, worker: _Worker) -> None:
+    """In the arbiter, after a worker exited: its live gauges stop counting in
+    /metrics (PROMETHEUS_MULTIPROC_DIR); its counters' files stay, and keep counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

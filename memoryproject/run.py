@@ -7,7 +7,9 @@ children and watches them. Ctrl-C stops the children, then this process exits,
 which stops the embedded servers unless another process is still attached.
 
 The children get DATABASE_URL, REDIS_URL and SECRET_KEY in their environment,
-so they use the servers attached here instead of attaching themselves.
+so they use the servers attached here instead of attaching themselves, and
+PROMETHEUS_MULTIPROC_DIR (emptied at each start), so that /metrics sums the
+metrics of every gunicorn and job worker (memoryproject.prometheus).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ STOP_TIMEOUT = 20.0
 START_TIMEOUT = 60.0
 POLL_INTERVAL = 0.2
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 EPILOG = """\
 environment:
@@ -55,6 +58,8 @@ environment:
   SECRET_KEY              unset: one generated once and kept in the data directory
   MEMORYPROJECT_DATA_DIR  the embedded servers' data and credentials.json (default .data/)
   SERVE_STATIC            serve the admin's static files from Django (default true)
+  PROMETHEUS_MULTIPROC_DIR  the children's metrics files, emptied at start
+                          (default <data directory>/prometheus/<port>)
 """
 
 
@@ -115,6 +120,31 @@ def prepare_environment(environ: MutableMapping[str, str]) -> None:
         environ["REDIS_URL"] = redis_url or stack.redis_url or ""
     if not environ.get("SECRET_KEY"):
         environ["SECRET_KEY"] = embedded.secret_key()
+
+
+def prepare_metrics_directory(environ: MutableMapping[str, str], config: Config) -> Path:
+    """The children's PROMETHEUS_MULTIPROC_DIR, created and emptied of the last run's files.
+
+    Taken out of `environ` before anything here imports prometheus_client: this
+    process only supervises, and its own metrics (migrations...) would be noise.
+    By default one directory per port, so that a second `make run` on another
+    port, on the same data directory, does not empty the first one's.
+    """
+    from memoryproject import embedded
+
+    given = environ.pop(METRICS_DIR_VARIABLE, "")
+    directory = Path(given).resolve() if given else embedded.DATA_DIR.resolve() / "prometheus" / str(config.port)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Only prometheus_client's files: the directory may be the operator's.
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+    except OSError as error:
+        raise StartupError(
+            f"Cannot prepare the metrics directory {directory} ({error.strerror}); "
+            f"set {METRICS_DIR_VARIABLE} to a writable directory."
+        ) from None
+    return directory
 
 
 # -- one-time preparation (in this process, with Django set up) ------------------
@@ -481,21 +511,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start(config: Config) -> tuple[Credentials, Path]:
+def start(config: Config) -> tuple[Credentials, Path, Path]:
     ensure_port_free(config)
+    metrics_dir = prepare_metrics_directory(os.environ, config)
     prepare_environment(os.environ)
     from memoryproject import embedded
 
     credentials_path = embedded.DATA_DIR / "credentials.json"
-    return prepare(credentials_path), credentials_path
+    return prepare(credentials_path), credentials_path, metrics_dir
 
 
-def serve(config: Config, credentials: Credentials, credentials_path: Path, stopper: Stopper, started: float) -> int:
+def serve(
+    config: Config,
+    credentials: Credentials,
+    credentials_path: Path,
+    metrics_dir: Path,
+    stopper: Stopper,
+    started: float,
+) -> int:
     stopper.supervising = True
     children: list[Child] = []
+    children_environ = {**os.environ, METRICS_DIR_VARIABLE: str(metrics_dir)}
     try:
-        children.append(spawn("gunicorn", gunicorn_argv(config), os.environ))
-        children.append(spawn("qcluster", qcluster_argv(), os.environ))
+        children.append(spawn("gunicorn", gunicorn_argv(config), children_environ))
+        children.append(spawn("qcluster", qcluster_argv(), children_environ))
         wait_until_serving(config, children, stopper)
         if stopper.count:
             return 0
@@ -517,8 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stopper.install()
     try:
         config = read_config(os.environ)
-        credentials, credentials_path = start(config)
-        return serve(config, credentials, credentials_path, stopper, started)
+        credentials, credentials_path, metrics_dir = start(config)
+        return serve(config, credentials, credentials_path, metrics_dir, stopper, started)
     except StartupError as error:
         print(f"make run: {error}", file=sys.stderr, flush=True)
         return 1

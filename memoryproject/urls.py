@@ -9,7 +9,7 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from memoryproject import health
+from memoryproject import health, prometheus
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -20,7 +20,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("health", health.health, name="health"),
     path("ready", health.ready, name="ready"),
-    path("", include("django_prometheus.urls")),
+    # Not django_prometheus.urls: its view would leave the collectors out in multiprocess mode.
+    path("metrics", prometheus.metrics, name="prometheus-django-metrics"),
 ]
 
 # gunicorn cannot serve files and whitenoise is not a dependency: without a

@@ -35,8 +35,11 @@ from preload.options import Strategy
 
 RUNS = Counter("preload_runs_total", "Preload runs finished", ["status"])
 DURATION = Histogram("preload_duration_seconds", "Duration of preload runs", buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300))
-MEMORIES = Gauge("preload_memories", "Memories written by the last preload run")
-BYTES = Gauge("preload_bytes", "Bytes written by the last preload run")
+# "mostrecent" under multiprocess mode (memoryproject.prometheus): the value the
+# last run set, whichever job worker ran it, and kept after that worker is
+# recycled (not "live"): it describes the run, not the process. Only set() is used.
+MEMORIES = Gauge("preload_memories", "Memories written by the last preload run", multiprocess_mode="mostrecent")
+BYTES = Gauge("preload_bytes", "Bytes written by the last preload run", multiprocess_mode="mostrecent")
 
 BATCH_SIZE = 500
 # A run saves a heartbeat after every batch (seconds apart): silent this long, its worker is gone.

@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs in requirements/dev.txt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.live_server_process
 
@@ -58,6 +59,17 @@ def _request(url: str, key: str | None = None, body: Any = None) -> tuple[int, A
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics, parsed: (sample name, sorted labels) -> value."""
+    with _LOCAL.open(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def _processes_of(data_dir: Path) -> list[psutil.Process]:
@@ -278,6 +290,12 @@ def test_make_run_serves_shares_and_stops(
     assert _request(memories, "mp_not-a-key")[0] == 401
 
     _assert_background_jobs_run(run, credentials["api_key"])
+    # Counted only in the job workers, shown by gunicorn's: /metrics sums every process's metrics files.
+    scraped = _scrape(run.url)
+    assert scraped.get(("raw_processed_total", (("status", "processed"),)), 0) >= 1, scraped
+    assert scraped.get(("preload_runs_total", (("status", "succeeded"),)), 0) >= 1, scraped
+    assert scraped.get(("memory_metrics_database_up", ())) == 1, scraped
+    assert any(data_dir.joinpath("prometheus", environ["PORT"]).glob("counter_*.db"))
 
     # A second terminal: attaches to the same servers, writes to the same
     # database, and leaves the servers running when it exits.
