@@ -38,7 +38,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -48,6 +48,7 @@ from django.utils import timezone
 from django_redis import get_redis_connection
 from prometheus_client import Counter
 from redis import Redis
+from redis.client import Pipeline
 from redis.commands.core import Script
 
 from memories.cache import CacheUnavailable, cache_key, tiered_cache
@@ -196,6 +197,16 @@ def _datetime(micros: int | None) -> datetime | None:
     return None if micros is None else _EPOCH + micros * _MICROSECOND
 
 
+def _record_calls(client: Redis | Pipeline, micros: int, ids: Sequence[str]) -> Iterator[int]:
+    """Make (or, on a pipeline, queue) the script calls that count one read of
+    each id at `micros`, _RECORD_CHUNK ids a call; yields each call's count."""
+    key = _pending_key()
+    for start in range(0, len(ids), _RECORD_CHUNK):
+        chunk = ids[start : start + _RECORD_CHUNK]
+        _RECORD(keys=[key], args=[micros, *chunk], client=client)
+        yield len(chunk)
+
+
 def record_access(*, memory_ids: Sequence[uuid.UUID], at: datetime | None = None) -> None:
     """Count one read of each memory (a memory listed twice, two reads), at `at` (now).
 
@@ -209,11 +220,8 @@ def record_access(*, memory_ids: Sequence[uuid.UUID], at: datetime | None = None
     recorded = 0
     try:
         with tiered_cache().guarded("access") as client:
-            micros, key = _micros(at), _pending_key()
-            for start in range(0, len(memory_ids), _RECORD_CHUNK):
-                chunk = [memory_id.hex for memory_id in memory_ids[start : start + _RECORD_CHUNK]]
-                _RECORD(keys=[key], args=[micros, *chunk], client=client)
-                recorded += len(chunk)
+            for count in _record_calls(client, _micros(at), [memory_id.hex for memory_id in memory_ids]):
+                recorded += count
     except CacheUnavailable:
         # Best effort by design: a read must never fail because it could not be counted.
         _drop(len(memory_ids) - recorded)
@@ -266,10 +274,9 @@ class _Recorder:
             try:
                 with tiered_cache().guarded("access") as client:
                     pipeline = client.pipeline(transaction=False)
-                    key = _pending_key()
                     for micros, ids in items:
-                        for start in range(0, len(ids), _RECORD_CHUNK):
-                            _RECORD(keys=[key], args=[micros, *ids[start : start + _RECORD_CHUNK]], client=pipeline)
+                        for _ in _record_calls(pipeline, micros, ids):
+                            pass  # each call is queued on the pipeline
                     pipeline.execute()
             except CacheUnavailable:
                 _drop(reads)

@@ -335,11 +335,17 @@ class TieredCache:
         an invalid one counts as a miss. Without Redis: CacheUnavailable, and
         the caller reads PostgreSQL.
 
-        With `valid_with_generation`, the value from L2 is checked by it instead,
-        given the current token of the generation key the value names (see
-        generation_prefix), read in the same round trip as the value: None when
-        the value names none or the token is missing.
+        With `valid_with_generation`, values are checked by it instead. From
+        L2 it is given the current token of the generation key the value names
+        (see generation_prefix), read in the same round trip as the value; from
+        L1, or when the value names none or the token is missing, None.
         """
+        if valid_with_generation is not None:
+            check = valid_with_generation
+
+            def valid(value: T) -> bool:
+                return check(value, None)
+
         raw = self.local.get(key)
         if raw is not None:
             value = decode(raw)

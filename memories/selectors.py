@@ -134,9 +134,6 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
             current = cache.generation(account.id, record["namespace"], record["user_id"])
         return bool(entry["gen"] == current)
 
-    def valid(entry: dict[str, Any]) -> bool:
-        return valid_with_generation(entry, None)
-
     def load() -> dict[str, Any]:
         # The token must be read before the row: a write that commits after
         # this read replaces the token, so what is cached under it dies with it.
@@ -160,7 +157,6 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
         encode=orjson.dumps,
         decode=orjson.loads,
         ttl=lambda entry: _ttl(ttl, [entry["memory"]]),
-        valid=valid,
         # A read from Redis learns the token in the same round trip as the entry.
         valid_with_generation=valid_with_generation,
     )

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from memoryproject.processes import pid_alive
+
 if TYPE_CHECKING:
     import redis
 
@@ -53,23 +55,13 @@ def _locked() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_handles() -> list[int]:
     path = DATA_DIR / "handles"
     try:
         pids = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    return [pid for pid in pids if isinstance(pid, int) and _pid_alive(pid)]
+    return [pid for pid in pids if isinstance(pid, int) and pid_alive(pid)]
 
 
 def _write_handles(pids: list[int]) -> None:

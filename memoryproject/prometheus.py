@@ -31,6 +31,8 @@ from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.registry import Collector
 
+from memoryproject.processes import pid_alive
+
 VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # gauge_<live mode>_<pid>.db: the files mark_process_dead removes.
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
@@ -49,22 +51,12 @@ def register_collector(collector: Collector) -> None:
     _scrape_collectors.append(collector)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, as another user
-        return True
-    return True
-
-
 def reap_dead_processes(path: str) -> list[int]:
     """Drop the live gauges of processes that no longer exist; the pids dropped."""
     dead = set()
     for name in os.listdir(path):
         match = _LIVE_GAUGE_FILE.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             dead.add(int(match.group(1)))
     for pid in dead:
         multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
