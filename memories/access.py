@@ -298,11 +298,17 @@ os.register_at_fork(after_in_child=_new_recorder_in_child)
 atexit.register(lambda: _recorder.send())
 
 
-def record_access_later(*, memory_ids: Sequence[uuid.UUID], at: datetime | None = None) -> None:
-    """record_access without waiting for Redis: what the API's reads use."""
+def record_access_later(*, memory_ids: Sequence[uuid.UUID | str], at: datetime | None = None) -> None:
+    """record_access without waiting for Redis: what the API's reads use (ids
+    as UUIDs, or as the text of a cached record)."""
     if not memory_ids or not settings.ACCESS_TRACKING["ENABLED"]:
         return
-    _recorder.add(_micros(at), [memory_id.hex for memory_id in memory_ids])
+    _recorder.add(_micros(at), [_hex(memory_id) for memory_id in memory_ids])
+
+
+def _hex(memory_id: uuid.UUID | str) -> str:
+    # A record's id is a UUID as PostgreSQL and str() write it: hex digits and hyphens.
+    return memory_id.hex if isinstance(memory_id, uuid.UUID) else memory_id.replace("-", "")
 
 
 def send_queued_records() -> None:

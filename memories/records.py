@@ -2,12 +2,14 @@
 
 The vector and the tsvector stay out (1.5 KB and more a memory, and no reader
 of the API needs them); a record turns back into a Memory without a query.
+Timestamps are written as the API writes them (iso_utc), so that a cached
+read answers with them as they are, without parsing a datetime.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import models
@@ -29,6 +31,7 @@ DEFERRED = (
 _FIELDS = [field for field in Memory._meta.concrete_fields if field.name not in DEFERRED]
 _ATTNAMES = [field.attname for field in _FIELDS]
 _DATETIMES = {field.attname for field in _FIELDS if isinstance(field, models.DateTimeField)}
+_DATETIME_COLUMNS = {field.column for field in _FIELDS if isinstance(field, models.DateTimeField)}
 # The columns of a record, in memory_to_record's order: what SQL selects to build one without a model.
 RECORD_COLUMNS = [field.column for field in _FIELDS]
 _UUIDS = {field.attname for field in _FIELDS if isinstance(field, (models.UUIDField, models.ForeignKey))} & {
@@ -37,12 +40,29 @@ _UUIDS = {field.attname for field in _FIELDS if isinstance(field, (models.UUIDFi
 }
 
 
+def iso_utc(value: datetime) -> str:
+    """ISO 8601 in UTC with a Z, as DRF's DateTimeField writes it with USE_TZ
+    and TIME_ZONE = "UTC": seconds, then microseconds only when there are any."""
+    text = value.astimezone(UTC).isoformat()
+    return text[:-6] + "Z"
+
+
+def iso_utc_sql(expression: str) -> str:
+    """iso_utc over a timestamptz expression, in SQL (NULL stays NULL)."""
+    utc = f"(({expression}) AT TIME ZONE 'UTC')"
+    return (
+        f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+        f" || CASE WHEN date_trunc('second', {utc}) = {utc} THEN '' ELSE to_char({utc}, '.US') END"
+        " || 'Z')"
+    )
+
+
 def memory_to_record(memory: Memory) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for name in _ATTNAMES:
         value = getattr(memory, name)
         if isinstance(value, datetime):
-            value = value.isoformat()
+            value = iso_utc(value)
         elif isinstance(value, uuid.UUID):
             value = str(value)
         record[name] = value
@@ -51,11 +71,14 @@ def memory_to_record(memory: Memory) -> dict[str, Any]:
 
 def record_json_sql(alias: str) -> str:
     """SQL for the record of row `alias` as JSON text, made by PostgreSQL: what
-    memory_to_record gives, bar insignificant form (timestamps without trailing
-    zeros, JSON columns as PostgreSQL writes them). For preloading, which
+    memory_to_record gives, bar insignificant form (JSON columns as PostgreSQL
+    writes them). For preloading, which
     writes a million records without building a model instance or parsing a
     column in Python."""
-    columns = ", ".join(f"{alias}.{column}" for column in RECORD_COLUMNS)
+    columns = ", ".join(
+        f"{iso_utc_sql(f'{alias}.{column}')} AS {column}" if column in _DATETIME_COLUMNS else f"{alias}.{column}"
+        for column in RECORD_COLUMNS
+    )
     return f"(SELECT row_to_json(record)::text FROM (SELECT {columns}) AS record)"
 
 

@@ -113,16 +113,29 @@ def _cache() -> TieredCache:
 def memory_get(*, account: Account, memory_id: uuid.UUID) -> Memory:
     """One live memory of the account; Memory.DoesNotExist otherwise.
 
-    Cached by id with its user's generation token: a hit costs one Redis GET
-    (the token) and no query.
+    Cached by id with its user's generation token: a hit costs one Redis
+    round trip (entry and token together) and no query.
     """
+    try:
+        return memory_from_record(_memory_get_cached(account, memory_id))
+    except CacheUnavailable:
+        return _memory_get_db(account, memory_id)
+
+
+def memory_get_record(*, account: Account, memory_id: uuid.UUID) -> dict[str, Any]:
+    """memory_get's memory as its record (memories.records): what a read that
+    only answers with it needs, without building a model instance."""
     try:
         return _memory_get_cached(account, memory_id)
     except CacheUnavailable:
-        return _live(account).defer(*DEFERRED).get(pk=memory_id)
+        return memory_to_record(_memory_get_db(account, memory_id))
 
 
-def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
+def _memory_get_db(account: Account, memory_id: uuid.UUID) -> Memory:
+    return _live(account).defer(*DEFERRED).get(pk=memory_id)
+
+
+def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> dict[str, Any]:
     cache = _cache()
     ttl = float(settings.MEMORY_CACHE["MEMORY_TTL"])
 
@@ -141,7 +154,7 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
         if owner is None:
             raise Memory.DoesNotExist("No such memory.")
         generation = cache.generation(account.id, *owner)
-        memory = _live(account).defer(*DEFERRED).get(pk=memory_id)
+        memory = _memory_get_db(account, memory_id)
         if cache.is_preloaded(account.id, *owner):
             cache.count_preload_read(hit=False)
         return {
@@ -163,7 +176,8 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
     if entry.get("preloaded"):
         # Only a cached entry carries the mark: what load() returns never does.
         cache.count_preload_read(hit=True)
-    return memory_from_record(entry["memory"])
+    record: dict[str, Any] = entry["memory"]
+    return record
 
 
 # -- list -----------------------------------------------------------------------
@@ -171,7 +185,9 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> Memory:
 
 @dataclass(frozen=True)
 class Page:
-    items: list[Memory]
+    """A page of memory_list: the memories' records (memories.records), as cached."""
+
+    records: list[dict[str, Any]]
     next_cursor: str | None
 
 
@@ -214,10 +230,10 @@ def memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor:
         ttl = float(settings.MEMORY_CACHE["LIST_TTL"])
 
         def load_page() -> dict[str, Any]:
-            page = _page_record(_memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor))
+            page = _memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor)
             if cursor is None and cache.is_preloaded(account.id, filters.namespace, filters.user_id):
                 cache.count_preload_read(hit=False)
-            return page
+            return {"items": page.records, "next_cursor": page.next_cursor}
 
         record = cache.get_or_set(
             "list",
@@ -231,11 +247,7 @@ def memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor:
         return _memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor)
     if record.get("preloaded"):
         cache.count_preload_read(hit=True)
-    return Page(items=[memory_from_record(item) for item in record["items"]], next_cursor=record["next_cursor"])
-
-
-def _page_record(page: Page) -> dict[str, Any]:
-    return {"items": [memory_to_record(memory) for memory in page.items], "next_cursor": page.next_cursor}
+    return Page(records=record["items"], next_cursor=record["next_cursor"])
 
 
 def _memory_list_db(*, account: Account, filters: MemoryFilters, limit: int, cursor: str | None) -> Page:
@@ -245,7 +257,7 @@ def _memory_list_db(*, account: Account, filters: MemoryFilters, limit: int, cur
         queryset = queryset.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=memory_id))
     items = list(queryset[: limit + 1])
     next_cursor = encode_cursor(items[limit - 1]) if len(items) > limit else None
-    return Page(items=items[:limit], next_cursor=next_cursor)
+    return Page(records=[memory_to_record(memory) for memory in items[:limit]], next_cursor=next_cursor)
 
 
 def memory_history(*, account: Account, memory_id: uuid.UUID) -> list[MemoryHistory]:

@@ -36,6 +36,7 @@ from memories.api.serializers import (
     MemoryUpdateSerializer,
     SearchOutputSerializer,
     SearchSerializer,
+    memory_output,
 )
 from memories.cache import CacheUnavailable, tiered_cache
 from memories.models import Memory
@@ -83,8 +84,10 @@ class MemoryCollectionView(APIView):
             )
         except selectors.InvalidCursor as error:
             raise serializers.ValidationError({"cursor": [str(error)]}) from None
-        record_access_later(memory_ids=[memory.id for memory in page.items])
-        return Response(MemoryPageSerializer({"results": page.items, "next_cursor": page.next_cursor}).data)
+        record_access_later(memory_ids=[record["id"] for record in page.records])
+        return Response(
+            {"results": [memory_output(record) for record in page.records], "next_cursor": page.next_cursor}
+        )
 
     @extend_schema(
         operation_id="memory_create",
@@ -163,9 +166,12 @@ class MemoryDetailView(APIView):
     @extend_schema(operation_id="memory_get", responses=MemoryOutputSerializer)
     def get(self, request: Request, memory_id: uuid.UUID) -> Response:
         _reject_query_params(request)
-        memory = _get_memory(request, memory_id)
-        record_access_later(memory_ids=[memory.id])
-        return Response(MemoryOutputSerializer(memory).data)
+        try:
+            record = selectors.memory_get_record(account=caller(request).account, memory_id=memory_id)
+        except Memory.DoesNotExist:
+            raise NotFound("No such memory.") from None
+        record_access_later(memory_ids=[record["id"]])
+        return Response(memory_output(record))
 
     @extend_schema(operation_id="memory_update", request=MemoryUpdateSerializer, responses=MemoryOutputSerializer)
     def patch(self, request: Request, memory_id: uuid.UUID) -> Response:

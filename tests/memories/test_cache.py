@@ -341,8 +341,8 @@ def test_filters_are_part_of_the_cache_key(api: APIClient, account: AccountWithK
     everything = selectors.memory_list(account=account.account, filters=base, limit=10)
     only_games = selectors.memory_list(account=account.account, filters=games, limit=10)
 
-    assert len(everything.items) == 2
-    assert [m.content for m in only_games.items] == ["User likes chess"]
+    assert len(everything.records) == 2
+    assert [record["content"] for record in only_games.records] == ["User likes chess"]
 
 
 @pytest.fixture
@@ -485,4 +485,4 @@ def test_the_read_that_closes_the_breaker_does_not_trust_the_token_read_with_its
 
     found = selectors._memory_get_cached(memory.account, memory.id)
 
-    assert found.content == "User likes black coffee"
+    assert found["content"] == "User likes black coffee"

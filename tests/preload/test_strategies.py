@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -16,7 +17,7 @@ from django.utils import timezone
 
 from memories.models import Account, Memory, Session
 from memories.ranking import Score, score
-from memories.records import memory_from_record, memory_to_record
+from memories.records import memory_from_record, memory_to_record, record_json_sql
 from preload import strategies
 from preload.config import EffectiveConfig, resolve_config
 from preload.options import USER_STRATEGIES, Strategy
@@ -308,3 +309,16 @@ def test_a_sets_record_encodes_as_the_memorys_own_record(account: AccountWithKey
 
     # Read back as the read path reads it, it is the memory itself.
     assert memory_to_record(memory_from_record(item.record)) == memory_to_record(Memory.objects.get(id=memory.id))
+
+
+@pytest.mark.parametrize("microsecond", [0, 1, 500_000])
+def test_a_record_made_by_sql_is_the_record_python_makes(account: AccountWithKey, microsecond: int) -> None:
+    """Cached reads answer with a record's timestamps as they are: PostgreSQL must write them as Python does."""
+    when = datetime(2026, 3, 4, 5, 6, 7, microsecond, tzinfo=timezone.get_fixed_timezone(120))
+    memory = make_memory(account.account, "recent", metadata={"city": "Lyon"}, tags=["a"], expires_at=when)
+    Memory.objects.filter(pk=memory.pk).update(created_at=when, last_accessed_at=when)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {record_json_sql('m')} FROM memories_memory m WHERE m.id = %s", [memory.id])
+        (text,) = cursor.fetchone()
+
+    assert orjson.loads(text) == memory_to_record(Memory.objects.get(id=memory.id))

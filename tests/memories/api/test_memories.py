@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+from django.db import connection
 from rest_framework import serializers as drf
 from rest_framework.test import APIClient
 
 from memories.access import flush_access_counts
-from memories.api.serializers import MemoryOutputSerializer
+from memories.api.serializers import MemoryOutputSerializer, memory_output
 from memories.models import Memory, MemoryHistory
+from memories.records import memory_to_record, record_json_sql
 from tests.factories import AccountWithKey
 
 pytestmark = pytest.mark.django_db
@@ -248,6 +252,23 @@ def test_fast_output_matches_drf_generic_output(api: APIClient) -> None:
     generic = drf.ModelSerializer.to_representation(MemoryOutputSerializer(), memory)
 
     assert fast == dict(generic)
+
+
+def test_cached_records_answer_as_the_serializer_does(api: APIClient) -> None:
+    created = _store(api, "User likes tea", tags=["a"], metadata={"k": [1, {"x": None}]}, ttl_seconds=60)
+    Memory.objects.filter(pk=created["id"]).update(last_accessed_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    memory = Memory.objects.get(pk=created["id"])
+    expected = dict(drf.ModelSerializer.to_representation(MemoryOutputSerializer(), memory))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {record_json_sql('m')} FROM memories_memory m WHERE m.id = %s", [memory.id])
+        (from_sql,) = cursor.fetchone()
+    # As a record cached before records wrote timestamps the API's way.
+    stamps = ("created_at", "updated_at", "last_accessed_at", "expires_at")
+    old_style = {**memory_to_record(memory), **{name: getattr(memory, name).isoformat() for name in stamps}}
+
+    assert memory_output(memory_to_record(memory)) == expected
+    assert memory_output(orjson.loads(from_sql)) == expected
+    assert memory_output(old_style) == expected
 
 
 def test_reads_are_counted_and_flushed_in_the_background(api: APIClient) -> None:

@@ -1,0 +1,39 @@
+"""The API's JSON renderer: DRF's output, written by orjson.
+
+DRF's JSONRenderer goes through the standard library's encoder, which costs
+about as much as the rest of a cached read (measured on a page of 20 memories:
+~90 us against ~15 us). orjson writes the same JSON: compact, UTF-8 rather
+than \\u escapes; datetimes and anything else it does not know are handed to
+DRF's encoder, so they are written exactly as before. What orjson refuses
+(an integer beyond 64 bits, a non-string key) and an indented rendering
+requested through the Accept header go to DRF's renderer unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from rest_framework.renderers import JSONRenderer
+from rest_framework.utils.encoders import JSONEncoder
+
+# Dates and times go to DRF's encoder, which writes UTC as Z and cuts microseconds to milliseconds.
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+
+
+class OrjsonRenderer(JSONRenderer):
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Mapping[str, Any] | None = None
+    ) -> bytes:
+        if data is None:
+            return b""
+        if self.get_indent(accepted_media_type or "", renderer_context or {}) is None:
+            try:
+                text = orjson.dumps(data, default=JSONEncoder().default, option=_OPTIONS)
+            except orjson.JSONEncodeError:
+                pass
+            else:
+                # As DRF does: these two are valid JSON but end a line in JavaScript.
+                return text.replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
+        return super().render(data, accepted_media_type, renderer_context)  # type: ignore[no-any-return]
