@@ -37,6 +37,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -218,6 +219,53 @@ class CacheUnavailable(Exception):
     """Redis cannot be used right now: the caller reads from PostgreSQL."""
 
 
+# -- tokens that ride along ------------------------------------------------------------------
+
+
+@dataclass
+class Rider:
+    """A generation token a request wants read with its next Redis round trip
+    rather than on a round trip of its own (the API key's: memories.api.auth)."""
+
+    key: str
+    token: str | None = None
+    read: bool = False
+
+
+# None outside a request scope (riding_tokens): then nothing rides.
+_riders: ContextVar[list[Rider] | None] = ContextVar("cache_riders", default=None)
+
+
+@contextmanager
+def riding_tokens() -> Iterator[None]:
+    """The scope (one request) in which ride_token's tokens are read."""
+    reset = _riders.set([])
+    try:
+        yield
+    finally:
+        _riders.reset(reset)
+
+
+def ride_token(key: str) -> Rider | None:
+    """Have the next Redis read of this scope also read `key`; None outside a scope."""
+    riders = _riders.get()
+    if riders is None:
+        return None
+    rider = Rider(key)
+    riders.append(rider)
+    return rider
+
+
+def _waiting_riders() -> list[Rider]:
+    return [rider for rider in _riders.get() or () if not rider.read]
+
+
+def _seat(riders: list[Rider], tokens: Sequence[bytes | str | None]) -> None:
+    for rider, token in zip(riders, tokens, strict=True):
+        rider.token = None if token is None else _text(token)
+        rider.read = True
+
+
 # -- the cache -------------------------------------------------------------------------------
 
 
@@ -279,8 +327,11 @@ class TieredCache:
     def generations(self, account_id: int, namespace: str, user_ids: Sequence[str]) -> dict[str, str]:
         """generation() of many users of a namespace in two round trips at most (a preload batch)."""
         keys = [self.generation_key(account_id, namespace, user_id) for user_id in user_ids]
+        riders = _waiting_riders()
+        closings = self.breaker.closings
         with self.guarded("generation") as redis:
-            found = dict(zip(user_ids, redis.mget(keys), strict=True)) if keys else {}
+            values = redis.mget(keys + [rider.key for rider in riders]) if keys or riders else []
+            found = dict(zip(user_ids, values[: len(keys)], strict=True))
             tokens = {user_id: _text(token) for user_id, token in found.items() if token is not None}
             missing = [(user_id, key) for user_id, key in zip(user_ids, keys, strict=True) if user_id not in tokens]
             if missing:
@@ -291,6 +342,11 @@ class TieredCache:
                     pipeline.set(key, fresh[user_id], nx=True, get=True)
                 for (user_id, _), existing in zip(missing, pipeline.execute(), strict=True):
                     tokens[user_id] = _text(existing) if isinstance(existing, bytes | str) else fresh[user_id]
+        if self.breaker.closings != closings:
+            # This read closed the breaker, whose on_close replayed the
+            # invalidations Redis missed while it was down: what it read may predate them.
+            return self.generations(account_id, namespace, user_ids)
+        _seat(riders, values[len(keys) :])
         return tokens
 
     def invalidate_users(self, users: set[tuple[int, str, str]]) -> bool:
@@ -355,17 +411,23 @@ class TieredCache:
         self._miss(kind, "l1")
         generation: str | None = None
         closings = self.breaker.closings
+        riders: list[Rider] = []
         with self.guarded(kind) as redis:
             if valid_with_generation is None:
                 stored = redis.get(key)
             else:
-                stored, token = _ENTRY_AND_GENERATION(keys=[key], client=redis)
+                riders = _waiting_riders()
+                stored, token, *carried = _ENTRY_AND_GENERATION(
+                    keys=[key], args=[rider.key for rider in riders], client=redis
+                )
                 generation = None if token is None else _text(token)
         if self.breaker.closings != closings:
             # This read closed the breaker, whose on_close replayed the
-            # invalidations Redis missed while it was down: the token read
+            # invalidations Redis missed while it was down: the tokens read
             # with the entry may predate them.
             generation = None
+        else:
+            _seat(riders, carried if riders else [])
         if isinstance(stored, bytes):
             raw = stored
             value = decode(raw)
@@ -520,18 +582,23 @@ STATS_KEY = "cache:stats"
 # (generation_prefix) comes back with the key's current value: the value and
 # its validity in one round trip. The pattern is anchored at the start, so
 # nothing inside the entry (a memory's content, its metadata) can be taken for it.
+# The keys in ARGV (riders' tokens) come back after them.
 _ENTRY_AND_GENERATION = Script(
     None,  # type: ignore[arg-type]  # each call names its client
     b"""
+local result = {false, false}
 local value = redis.call('GET', KEYS[1])
-if not value then
-  return {false, false}
+if value then
+  result[1] = value
+  local name = string.match(value, '^{"gen":"[^"]*","gk":"([^"]+)"')
+  if name then
+    result[2] = redis.call('GET', name)
+  end
 end
-local name = string.match(value, '^{"gen":"[^"]*","gk":"([^"]+)"')
-if not name then
-  return {value, false}
+for i, name in ipairs(ARGV) do
+  result[i + 2] = redis.call('GET', name)
 end
-return {value, redis.call('GET', name)}
+return result
 """,
 )
 

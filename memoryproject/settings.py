@@ -50,6 +50,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Settles the API key checks that reads defer to their first Redis round trip.
+    "memories.api.auth.DeferredKeyCheckMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 

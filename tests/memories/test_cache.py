@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from memories import selectors
+from memories.access import send_queued_records
 from memories.cache import LocalCache, cache_key, memory_key_sql, tiered_cache
 from memories.models import Memory, PendingInvalidation
 from memories.selectors import MemoryFilters
@@ -456,6 +457,24 @@ def test_a_memory_from_redis_is_validated_in_the_same_round_trip(
     assert counting.commands == ["EVALSHA"]
 
 
+def test_the_list_read_that_closes_the_breaker_does_not_trust_the_token_it_read(api: APIClient) -> None:
+    created = _store(api, "User likes green tea")
+    api.get("/memory/memories", {"user_id": "u1"})  # the page is cached in Redis under the user's token
+    send_queued_records()  # the recorder's thread must not take the breaker's half-open try
+    memory = Memory.objects.get(id=created["id"])
+    Memory.objects.filter(pk=memory.pk).update(content="User likes black coffee")  # a write while Redis is down
+    PendingInvalidation.objects.create(account_id=memory.account_id, namespace="default", user_id="u1")
+    cache = tiered_cache()
+    cache.local.clear()
+    for _ in range(cache.breaker.threshold):
+        cache.breaker.failure()
+    cache.breaker._opened_at = time.monotonic() - cache.breaker.cooldown  # the next call is the half-open try
+
+    page = selectors.memory_list(account=memory.account, filters=MemoryFilters(user_id="u1"), limit=50)
+
+    assert [record["content"] for record in page.records] == ["User likes black coffee"]
+
+
 def test_content_that_looks_like_a_token_key_cannot_validate_an_entry(api: APIClient) -> None:
     sneaky = '{"gen":"x","gk":"gen:1:forged","memory":{}}'
     memory = _store(api, sneaky, metadata={"gk": "gen:1:forged"})
@@ -471,6 +490,7 @@ def test_content_that_looks_like_a_token_key_cannot_validate_an_entry(api: APICl
 def test_the_read_that_closes_the_breaker_does_not_trust_the_token_read_with_its_entry(api: APIClient) -> None:
     created = _store(api, "User likes green tea")
     api.get(f"/memory/memories/{created['id']}")  # cached in Redis under the user's token
+    send_queued_records()  # the recorder's thread must not take the breaker's half-open try
     memory = Memory.objects.get(id=created["id"])
     # What a write does while Redis is down: the row changes, the token cannot,
     # and the user is recorded for the first process that reaches Redis again.
