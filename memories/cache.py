@@ -440,6 +440,66 @@ class TieredCache:
         self.set(kind, key, encode(loaded), ttl=ttl(loaded))
         return loaded
 
+    def get_or_set_current(
+        self,
+        kind: str,
+        owner: tuple[int, str, str],
+        prefix: str,
+        load: Callable[[], T],
+        *,
+        encode: Callable[[T], bytes],
+        decode: Callable[[bytes], T],
+        ttl: Callable[[T], float],
+    ) -> T:
+        """get_or_set for values derived from a user's memories (list pages,
+        search results), cached at `prefix:<the user's current token>`
+        (current_key): the token and the value in one round trip.
+
+        L1 keeps the value under the prefix with the token it was made under;
+        Redis then sends the token alone when that is still current.
+        """
+        local = self.local.get(prefix)
+        local_token, _, local_raw = local.partition(b" ") if local is not None else (b"", b"", b"")
+        closings = self.breaker.closings
+        with self.guarded(kind) as redis:
+            riders = _waiting_riders()
+            token, stored, *carried = _CURRENT_ENTRY(
+                keys=[self.generation_key(*owner)],
+                args=[prefix, local_token, *[rider.key for rider in riders]],
+                client=redis,
+            )
+        if self.breaker.closings != closings or token is None:
+            # A token read by the call that closed the breaker may predate the
+            # invalidations it replayed; a missing one is created.
+            generation = self.generation(*owner)
+            stored = None
+        else:
+            generation = _text(token)
+            _seat(riders, carried)
+        if local is not None and local_token.decode() == generation:
+            self._hit(kind, "l1")
+            return decode(local_raw)
+        self._miss(kind, "l1")
+        if isinstance(stored, bytes):
+            value = decode(stored)
+            self._hit(kind, "l2")
+            self.local.set(
+                prefix, f"{generation} ".encode() + stored, kind=kind, ttl=min(ttl(value), _config()["L1_TTL"])
+            )
+            return value
+        self._miss(kind, "l2")
+        loaded = load()
+        raw = encode(loaded)
+        lifetime = ttl(loaded)
+        if lifetime > 0:
+            try:
+                with self.guarded(kind) as redis:
+                    redis.set(current_key(prefix, generation), raw, px=max(int(lifetime * 1000), 1))
+            except CacheUnavailable:
+                return loaded
+            self.local.set(prefix, f"{generation} ".encode() + raw, kind=kind, ttl=min(lifetime, _config()["L1_TTL"]))
+        return loaded
+
     def set(self, kind: str, key: str, raw: bytes, *, ttl: float) -> None:
         if ttl <= 0:
             return
@@ -601,6 +661,33 @@ end
 return result
 """,
 )
+
+
+# A user's token (KEYS[1]) and the value at ARGV[1]:<token>, unless ARGV[2]
+# (the token of the copy the caller holds) is still current; then the riders'
+# tokens (ARGV[3..]).
+_CURRENT_ENTRY = Script(
+    None,  # type: ignore[arg-type]  # each call names its client
+    b"""
+local result = {false, false}
+local token = redis.call('GET', KEYS[1])
+if token then
+  result[1] = token
+  if token ~= ARGV[2] then
+    result[2] = redis.call('GET', ARGV[1] .. ':' .. token)
+  end
+end
+for i = 3, #ARGV do
+  result[i] = redis.call('GET', ARGV[i])
+end
+return result
+""",
+)
+
+
+def current_key(prefix: str, generation: str) -> str:
+    """Where get_or_set_current keeps the value of `prefix` made under a user's token `generation`."""
+    return f"{prefix}:{generation}"
 
 
 def generation_prefix(generation: str, generation_key: str) -> str:

@@ -201,9 +201,10 @@ def cursor_after(*, created_at: datetime, memory_id: uuid.UUID | str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def list_cache_key(*, account_id: int, generation: str, filters: MemoryFilters, limit: int, cursor: str | None) -> str:
-    """Where a page of memory_list is cached (preloading writes the first page there too)."""
-    return cache_key("list", account_id, generation, filters, limit, cursor)
+def list_cache_key(*, account_id: int, filters: MemoryFilters, limit: int, cursor: str | None) -> str:
+    """Where a page of memory_list is cached, under the user's current token
+    (TieredCache.get_or_set_current; preloading writes the first page there too)."""
+    return cache_key("list", account_id, filters, limit, cursor)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -226,7 +227,6 @@ def memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor:
         decode_cursor(cursor)
     try:
         cache = _cache()
-        generation = cache.generation(account.id, filters.namespace, filters.user_id)
         ttl = float(settings.MEMORY_CACHE["LIST_TTL"])
 
         def load_page() -> dict[str, Any]:
@@ -235,9 +235,10 @@ def memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor:
                 cache.count_preload_read(hit=False)
             return {"items": page.records, "next_cursor": page.next_cursor}
 
-        record = cache.get_or_set(
+        record = cache.get_or_set_current(
             "list",
-            list_cache_key(account_id=account.id, generation=generation, filters=filters, limit=limit, cursor=cursor),
+            (account.id, filters.namespace, filters.user_id),
+            list_cache_key(account_id=account.id, filters=filters, limit=limit, cursor=cursor),
             load_page,
             encode=orjson.dumps,
             decode=orjson.loads,
@@ -364,12 +365,12 @@ def memory_search(
     generation token (and the embedding model) for SEARCH_TTL seconds."""
     try:
         cache = _cache()
-        generation = cache.generation(account.id, filters.namespace, filters.user_id)
         model = get_embedder().model_name
         ttl = float(settings.MEMORY_CACHE["SEARCH_TTL"])
-        hits = cache.get_or_set(
+        hits = cache.get_or_set_current(
             "search",
-            cache_key("search", account.id, generation, model, filters, query, limit, min_score),
+            (account.id, filters.namespace, filters.user_id),
+            cache_key("search", account.id, model, filters, query, limit, min_score),
             lambda: [
                 {"memory": memory_to_record(hit.memory), "total": hit.score.total, "parts": hit.score.parts}
                 for hit in _memory_search_db(

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.utils import timezone
 from redis import ConnectionPool, Redis
 
-from memories.cache import TieredCache, tiered_cache
+from memories.cache import TieredCache, current_key, tiered_cache
 from memories.models import Account
 from memories.selectors import MemoryFilters, cursor_after, list_cache_key
 from preload.budget import Budget
@@ -92,12 +92,14 @@ def _first_page(
     next_cursor = None
     if len(newest.ids) > page_size and newest.last_created_at is not None:
         next_cursor = cursor_after(created_at=newest.last_created_at, memory_id=page_ids[-1])
-    key = list_cache_key(
-        account_id=account_id,
-        generation=generation,
-        filters=MemoryFilters(user_id=user_id, namespace=namespace),
-        limit=page_size,
-        cursor=None,
+    key = current_key(
+        list_cache_key(
+            account_id=account_id,
+            filters=MemoryFilters(user_id=user_id, namespace=namespace),
+            limit=page_size,
+            cursor=None,
+        ),
+        generation,
     )
     items = ",".join(item.record_json for item, _ in on_page)
     value = f'{{"items":[{items}],"next_cursor":{orjson.dumps(next_cursor).decode()},"preloaded":true}}'

@@ -475,6 +475,18 @@ def test_the_list_read_that_closes_the_breaker_does_not_trust_the_token_it_read(
     assert [record["content"] for record in page.records] == ["User likes black coffee"]
 
 
+def test_a_list_whose_token_redis_lost_is_read_again(api: APIClient, account: AccountWithKey) -> None:
+    created = _store(api, "User likes green tea")
+    api.get("/memory/memories", {"user_id": "u1"})  # cached under the user's token, in L1 and Redis
+    Memory.objects.filter(pk=created["id"]).update(content="User likes black coffee")  # behind the cache's back
+    cache = tiered_cache()
+    get_redis_connection("default").delete(cache.generation_key(account.account.id, "default", "u1"))
+
+    page = api.get("/memory/memories", {"user_id": "u1"}).json()
+
+    assert [memory["content"] for memory in page["results"]] == ["User likes black coffee"]
+
+
 def test_content_that_looks_like_a_token_key_cannot_validate_an_entry(api: APIClient) -> None:
     sneaky = '{"gen":"x","gk":"gen:1:forged","memory":{}}'
     memory = _store(api, sneaky, metadata={"gk": "gen:1:forged"})
