@@ -35,5 +35,8 @@ class OrjsonRenderer(JSONRenderer):
                 pass
             else:
                 # As DRF does: these two are valid JSON but end a line in JavaScript.
-                return text.replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
+                # Both start with these bytes; a search is cheaper than a copy.
+                if b"\xe2\x80" in text:
+                    text = text.replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
+                return text
         return super().render(data, accepted_media_type, renderer_context)  # type: ignore[no-any-return]
