@@ -271,7 +271,8 @@ def memory_history(*, account: Account, memory_id: uuid.UUID) -> list[MemoryHist
 
 @dataclass(frozen=True)
 class SearchHit:
-    memory: Memory
+    # The memory's record (memories.records): cached results answer from it as they are.
+    record: dict[str, Any]
     score: Score
 
 
@@ -372,7 +373,7 @@ def memory_search(
             (account.id, filters.namespace, filters.user_id),
             cache_key("search", account.id, model, filters, query, limit, min_score),
             lambda: [
-                {"memory": memory_to_record(hit.memory), "total": hit.score.total, "parts": hit.score.parts}
+                {"memory": hit.record, "total": hit.score.total, "parts": hit.score.parts}
                 for hit in _memory_search_db(
                     account=account, filters=filters, query=query, limit=limit, min_score=min_score
                 )
@@ -383,10 +384,7 @@ def memory_search(
         )
     except CacheUnavailable:
         return _memory_search_db(account=account, filters=filters, query=query, limit=limit, min_score=min_score)
-    return [
-        SearchHit(memory=memory_from_record(hit["memory"]), score=Score(total=hit["total"], parts=hit["parts"]))
-        for hit in hits
-    ]
+    return [SearchHit(record=hit["memory"], score=Score(total=hit["total"], parts=hit["parts"])) for hit in hits]
 
 
 def _memory_search_db(
@@ -403,7 +401,7 @@ def _memory_search_db(
     half_life = settings.MEMORY["RECENCY_HALF_LIFE_DAYS"]
     hits = [
         SearchHit(
-            memory=row,
+            record=memory_to_record(row),
             score=score(
                 similarity=row.similarity,  # type: ignore[attr-defined]
                 keyword=float(row.keyword),  # type: ignore[attr-defined]
@@ -419,7 +417,7 @@ def _memory_search_db(
         for row in rows
     ]
     hits = [hit for hit in hits if hit.score.total >= min_score]
-    hits.sort(key=lambda hit: (-hit.score.total, str(hit.memory.id)))
+    hits.sort(key=lambda hit: (-hit.score.total, hit.record["id"]))
     return hits[:limit]
 
 

@@ -452,8 +452,7 @@ class SearchHitSerializer(MemoryOutputSerializer):
         read_only_fields = fields
 
     def to_representation(self, instance: SearchHit) -> dict[str, Any]:  # type: ignore[override]
-        memory = MemoryOutputSerializer(instance.memory, context=self.context).data
-        return {**memory, "score": instance.score.total, "score_parts": instance.score.parts}
+        return {**memory_output(instance.record), "score": instance.score.total, "score_parts": instance.score.parts}
 
 
 class SearchOutputSerializer(serializers.Serializer[Any]):

@@ -217,7 +217,7 @@ class RelevantView(APIView):
             limit=params.validated_data["limit"],
             min_score=params.validated_data["min_score"],
         )
-        record_access_later(memory_ids=[hit.memory.id for hit in hits])
+        record_access_later(memory_ids=[hit.record["id"] for hit in hits])
         return Response(SearchOutputSerializer({"query": params.validated_data["query"], "results": hits}).data)
 
     @extend_schema(

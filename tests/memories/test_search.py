@@ -101,7 +101,7 @@ def test_both_search_paths_return_the_right_memory(
     filters = MemoryFilters(user_id="u1")
     hits = selectors.memory_search(account=account.account, filters=filters, query="window seat on planes", limit=5)
 
-    assert str(hits[0].memory.id) == target
+    assert hits[0].record["id"] == target
     assert selectors._uses_exact_search(selectors._filtered(account.account, filters)) is (exact_max_rows > 0)
 
 
@@ -118,7 +118,7 @@ def test_hnsw_path_finds_a_small_users_memories_among_a_large_table(
         account=account.account, filters=MemoryFilters(user_id="small"), query="something", limit=10
     )
 
-    assert {str(hit.memory.id) for hit in hits} == wanted
+    assert {hit.record["id"] for hit in hits} == wanted
 
 
 def test_query_embeddings_are_cached(api: APIClient, spy_embedder: SpyEmbedder) -> None:
