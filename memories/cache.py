@@ -412,6 +412,7 @@ class TieredCache:
         generation: str | None = None
         closings = self.breaker.closings
         riders: list[Rider] = []
+        carried: list[bytes | None] = []
         with self.guarded(kind) as redis:
             if valid_with_generation is None:
                 stored = redis.get(key)
@@ -427,7 +428,7 @@ class TieredCache:
             # with the entry may predate them.
             generation = None
         else:
-            _seat(riders, carried if riders else [])
+            _seat(riders, carried)
         if isinstance(stored, bytes):
             raw = stored
             value = decode(raw)
@@ -490,17 +491,14 @@ class TieredCache:
         self._miss(kind, "l2")
         loaded = load()
         raw = encode(loaded)
-        lifetime = ttl(loaded)
-        if lifetime > 0:
-            try:
-                with self.guarded(kind) as redis:
-                    redis.set(current_key(prefix, generation), raw, px=max(int(lifetime * 1000), 1))
-            except CacheUnavailable:
-                return loaded
-            self.local.set(prefix, f"{generation} ".encode() + raw, kind=kind, ttl=min(lifetime, _config()["L1_TTL"]))
+        self.set(
+            kind, current_key(prefix, generation), raw, ttl=ttl(loaded), local=(prefix, f"{generation} ".encode() + raw)
+        )
         return loaded
 
-    def set(self, kind: str, key: str, raw: bytes, *, ttl: float) -> None:
+    def set(self, kind: str, key: str, raw: bytes, *, ttl: float, local: tuple[str, bytes] | None = None) -> None:
+        """`raw` at `key` in Redis for `ttl` s, and in L1 (as `local`: key and
+        value, when L1 keeps it otherwise) for no longer than L1_TTL."""
         if ttl <= 0:
             return
         try:
@@ -508,7 +506,8 @@ class TieredCache:
                 redis.set(key, raw, px=max(int(ttl * 1000), 1))
         except CacheUnavailable:
             return
-        self.local.set(key, raw, kind=kind, ttl=min(ttl, _config()["L1_TTL"]))
+        local_key, local_raw = local or (key, raw)
+        self.local.set(local_key, local_raw, kind=kind, ttl=min(ttl, _config()["L1_TTL"]))
 
     def delete(self, kind: str, key: str) -> None:
         self.forget(kind, [key])
