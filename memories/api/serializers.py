@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
+import functools
 import json
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.utils import timezone
@@ -19,6 +19,8 @@ from memories.records import iso_utc, memory_to_record
 from memories.selectors import MemoryFilters, SearchHit
 from memories.services import MemoryInput, WriteResult
 
+F = TypeVar("F", bound=serializers.Field[Any, Any, Any, Any])
+
 NAMESPACE_PATTERN = r"^[A-Za-z0-9_.\-]{1,100}$"
 KIND_FILTER_CHOICES = [*MemoryKind.values, "discrete"]
 
@@ -27,8 +29,25 @@ def _limits() -> dict[str, Any]:
     return dict(settings.MEMORY)
 
 
+def _unbound_copy(field: F) -> F:
+    """A declared field's copy for one serializer instance.
+
+    DRF deep-copies every declared field for each instance, which re-runs the
+    field's __init__ (~8 us a field: 70-200 us a request, 20 ms for a batch of
+    100 memories). The fields declared here keep nothing of a request: what
+    an instance changes, bind() sets on the copy; what they share (validators,
+    choices, a ListField's child) is only read while validating.
+    """
+    copied = object.__new__(type(field))
+    copied.__dict__.update(field.__dict__)
+    return copied
+
+
 class StrictSerializer(serializers.Serializer[Any]):
     """Rejects fields it does not know: a typo must not be silently ignored."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        return {name: _unbound_copy(field) for name, field in self._declared_fields.items()}
 
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict):
@@ -106,13 +125,12 @@ class MemoryFieldsSerializer(StrictSerializer):
     ttl_seconds = serializers.IntegerField(min_value=1, max_value=10 * 365 * 86_400, required=False)
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
-        # Built per instance so that limits changed in settings apply at once.
+        # Chosen per instance so that limits changed in settings apply at once.
         fields = super().get_fields()
         limits = _limits()
-        fields["content"] = serializers.CharField(max_length=limits["MAX_CONTENT_CHARS"])
-        fields["tags"] = serializers.ListField(
-            child=serializers.CharField(max_length=limits["MAX_TAG_CHARS"]), max_length=limits["MAX_TAGS"], default=list
-        )
+        content, tags = _limited_fields(limits["MAX_CONTENT_CHARS"], limits["MAX_TAG_CHARS"], limits["MAX_TAGS"])
+        fields["content"] = _unbound_copy(content)
+        fields["tags"] = _unbound_copy(tags)
         return fields
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +146,16 @@ class MemoryFieldsSerializer(StrictSerializer):
         if attrs.get("key") is not None and not attrs["key"]:
             raise serializers.ValidationError({"key": ["Must not be blank; omit it or send null."]})
         return attrs
+
+
+@functools.lru_cache(maxsize=8)
+def _limited_fields(
+    content_chars: int, tag_chars: int, tags: int
+) -> tuple[serializers.CharField, serializers.ListField]:
+    return (
+        serializers.CharField(max_length=content_chars),
+        serializers.ListField(child=serializers.CharField(max_length=tag_chars), max_length=tags, default=list),
+    )
 
 
 class MemoryCreateSerializer(MemoryFieldsSerializer):
@@ -231,25 +259,19 @@ class FilterSerializer(StrictSerializer):
         )
 
 
-# What a list request without filters may carry (the common one: a user's newest memories).
-_UNFILTERED_LIST = frozenset({"user_id", "namespace", "cursor", "limit"})
-
-
 class ListQuerySerializer(FilterSerializer):
     cursor = serializers.CharField(max_length=500, required=False)
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
-        declared = self._declared_fields
-        if hasattr(self, "initial_data") and set(self.initial_data) <= _UNFILTERED_LIST:
-            # DRF copies every declared field for each request (~10 us a
-            # field); a query without filters needs only its own.
-            declared = {name: field for name, field in declared.items() if name in _UNFILTERED_LIST}
-        fields: dict[str, serializers.Field[Any, Any, Any, Any]] = copy.deepcopy(declared)
+        fields = super().get_fields()
         limits = _limits()
-        fields["limit"] = serializers.IntegerField(
-            min_value=1, max_value=limits["MAX_PAGE_SIZE"], default=limits["DEFAULT_PAGE_SIZE"]
-        )
+        fields["limit"] = _unbound_copy(_page_limit_field(limits["MAX_PAGE_SIZE"], limits["DEFAULT_PAGE_SIZE"]))
         return fields
+
+
+@functools.lru_cache(maxsize=8)
+def _page_limit_field(maximum: int, default: int) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=maximum, default=default)
 
 
 class SearchSerializer(FilterSerializer):
