@@ -30,13 +30,17 @@ format: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest --cov --cov-report=term-missing:skip-covered
 
-# Benchmarks print numbers beside their baselines; they are not tests.
-bench: $(STAMP)
-	$(PY) bench/embedding.py
-	$(PY) bench/api_latency.py
-	$(PY) bench/cache.py
-	$(PY) bench/preloading.py
-	$(PY) bench/ingest.py
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) requirements/bench.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/bench.txt
+	touch $(BENCH_STAMP)
+
+# Benchmarks print numbers beside their targets and baselines; they are not
+# tests. One table, bench/results/latest.json and latest.png (bench/suite.py;
+# BENCH_ARGS="--memories 1000000 --large" and the like go to it).
+bench: $(BENCH_STAMP)
+	$(PY) bench/suite.py $(BENCH_ARGS)
 
 # Stops nothing: stop `make run` first. Removes the embedded databases' data.
 clean-data:
