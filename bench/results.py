@@ -94,7 +94,12 @@ def latency(
 
 
 def _cell(value: float | None, digits: int = 2) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return ""
+    if 0 < abs(value) < 10**-digits * 10:
+        # Two significant digits: an L1 cache hit (a few microseconds) would print as 0.00.
+        return f"{value:.2g}"
+    return f"{value:.{digits}f}"
 
 
 def table(results: Sequence[Result]) -> str:

@@ -23,14 +23,58 @@ from rest_framework.test import APIClient  # noqa: E402
 
 from memories.models import Account, ApiKey  # noqa: E402
 
-__all__ = ["TOPICS", "USER", "APIClient", "BenchUser", "arguments", "bench_account", "bench_user", "timed"]
+__all__ = [
+    "TOPICS",
+    "USER",
+    "APIClient",
+    "BenchUser",
+    "arguments",
+    "bench_account",
+    "bench_user",
+    "memory_text",
+    "timed",
+    "timings",
+]
 
 TOPICS = ["flights", "food", "family", "work", "music", "sports", "health", "books", "travel", "pets"]
 USER = "bench-user"
 
+# memory_text's parts. Their sizes are distinct primes, so text n takes part
+# n mod size from each: the first 323,323 texts are distinct, and two texts
+# below 17,017 share at most 3 of the 5 parts. Ids or numbers alone would not
+# do: "Note 1: ... detail 7919" and "Note 11: ... detail 6982" are 0.95 alike
+# for the model, and the write path merges them as near-duplicates.
+_WHO = ("The user", "Their sister", "Their boss", "A close friend", "The neighbour", "Their son", "Their doctor")
+_DID = (
+    "loves", "is learning", "hates", "wants to try", "reads about", "teaches",
+    "worries about", "recommends", "gave up", "asked about", "collects",
+)  # fmt: skip
+_WHAT = (
+    "Italian cooking", "marathon running", "jazz piano", "old cameras", "stocks", "climbing", "Japanese",
+    "tomatoes", "electric cars", "board games", "birds", "sourdough", "chess",
+)  # fmt: skip
+_WHEN = (
+    "in Berlin", "since June", "every winter", "via podcasts", "for Mexico", "with colleagues", "on Sundays",
+    "on trains", "despite injury", "on a budget", "since college", "for charity", "on leave", "downtown",
+    "before exams", "on holiday", "at night",
+)  # fmt: skip
+_HOW = (
+    "badly", "happily", "for the blog", "cheaply", "with the team", "with the cat", "with new gear",
+    "after an argument", "to relax", "forgetfully", "weekly", "on a dare", "proudly", "at the third try",
+    "with strangers", "in the rain", "again", "expensively", "with photos",
+)  # fmt: skip
+
+
+def memory_text(n: int) -> str:
+    """The n-th of many distinct memory-like sentences (57 characters, 14 tokens on
+    average); no two of the first 3,000 are more than 0.93 alike (cosine), below
+    the write path's near-duplicate threshold of 0.95."""
+    return f"{_WHO[n % 7]} {_DID[n % 11]} {_WHAT[n % 13]} {_WHEN[n % 17]}, {_HOW[n % 19]}."
+
 
 @dataclass(frozen=True)
 class BenchUser:
+    account: Account
     client: APIClient
     # The newest of the user's memories.
     memory_id: str
@@ -54,13 +98,13 @@ def bench_account() -> Iterator[tuple[Account, APIClient]]:
 def bench_user(memories: int) -> Iterator[BenchUser]:
     """A new account whose user gets `memories` memories through the batch
     endpoint (one embedding call per 1,000). Everything is deleted after."""
-    with bench_account() as (_, client):
+    with bench_account() as (account, client):
         started = time.perf_counter()
         for offset in range(0, memories, 1_000):
             items = [
                 {
                     "user_id": USER,
-                    "content": f"Note {n}: the user mentioned {TOPICS[n % 10]} and detail number {n * 7919 % 10007}",
+                    "content": memory_text(n),
                     "tags": [TOPICS[n % 10]],
                 }
                 for n in range(offset, min(offset + 1_000, memories))
@@ -69,7 +113,7 @@ def bench_user(memories: int) -> Iterator[BenchUser]:
             assert response.status_code == 201, response.content[:300]
         load_seconds = time.perf_counter() - started
         memory_id = client.get("/memory/memories", {"user_id": USER, "limit": "1"}).json()["results"][0]["id"]
-        yield BenchUser(client=client, memory_id=memory_id, load_seconds=load_seconds)
+        yield BenchUser(account=account, client=client, memory_id=memory_id, load_seconds=load_seconds)
 
 
 def arguments(doc: str | None) -> argparse.Namespace:
@@ -80,13 +124,26 @@ def arguments(doc: str | None) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def timed(repeat: int, call: Callable[[int], int]) -> list[float]:
-    """Milliseconds of `repeat` calls of a request (given its index); stops at an error status."""
+def timings(
+    repeat: int, call: Callable[[int], object], *, before: Callable[[int], object] | None = None
+) -> list[float]:
+    """Milliseconds of each of `repeat` calls (given its index); `before(index)`, untimed, ahead of each."""
     samples = []
     for index in range(repeat):
+        if before is not None:
+            before(index)
         started = time.perf_counter()
-        status = call(index)
+        call(index)
         samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def timed(repeat: int, call: Callable[[int], int]) -> list[float]:
+    """Milliseconds of `repeat` calls of a request (given its index); stops at an error status."""
+
+    def checked(index: int) -> None:
+        status = call(index)
         if status >= 400:
             raise SystemExit(f"request failed with {status}")
-    return samples
+
+    return timings(repeat, checked)
