@@ -4,6 +4,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.signals import connection_created
 from django.db.models.signals import post_migrate
 
 
@@ -22,6 +23,12 @@ def _ensure_schedules(sender: AppConfig, *, using: str = DEFAULT_DB_ALIAS, **kwa
     ensure_ingest_schedules(using=using)
 
 
+def _use_vector_type_after_migrate(sender: AppConfig, *, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
+    from memories.vectors import use_vector_type
+
+    use_vector_type(sender, connection=connections[using])
+
+
 class MemoriesConfig(AppConfig):
     name = "memories"
     verbose_name = "Memories"
@@ -31,8 +38,12 @@ class MemoriesConfig(AppConfig):
         # invalidation connects the receivers that invalidate cached authentications;
         # metrics registers the database gauges of /metrics in every process that serves it.
         from memories import invalidation, metrics  # noqa: F401
+        from memories.vectors import use_vector_type
 
         # Registers the fork hook: django-q2's workers are forked from a process that queried.
         from memoryproject import forking  # noqa: F401
 
         post_migrate.connect(_ensure_schedules, sender=self, dispatch_uid="memories.ensure_schedules")
+        connection_created.connect(use_vector_type, dispatch_uid="memories.use_vector_type")
+        # A connection opened before the migration that created the extension.
+        post_migrate.connect(_use_vector_type_after_migrate, sender=self, dispatch_uid="memories.vector_after_migrate")

@@ -17,7 +17,9 @@ from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
-from pgvector.django import HnswIndex, VectorField
+from pgvector.django import HnswIndex
+
+from memories.vectors import EmbeddingField
 
 EMBEDDING_DIMENSIONS = 384
 # Full-text configuration of the search vector and of the queries matched against it.
@@ -78,7 +80,7 @@ class Session(models.Model):
     external_id = models.CharField(max_length=255)
     user_id = models.CharField(max_length=255)
     summary = models.TextField(blank=True)
-    summary_embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
+    summary_embedding = EmbeddingField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -140,7 +142,7 @@ class Memory(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
-    embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
+    embedding = EmbeddingField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
     embedding_model = models.CharField(max_length=100, blank=True, default="")
     # The background embedder's record of this row's own failures (a text the
     # model rejects while it embeds others), reset when the content changes:

@@ -35,6 +35,7 @@ from memories.models import (
 )
 from memories.ranking import Score, score
 from memories.records import DEFERRED, earliest_expiry, memory_from_record, memory_to_record
+from memories.vectors import VectorParam, vector_value
 
 
 class InvalidCursor(ValueError):
@@ -319,9 +320,13 @@ def search_sql(
             f"scoped AS MATERIALIZED ({rows_sql})",
             "by_vector AS (SELECT id FROM scoped ORDER BY embedding <=> %s::vector LIMIT %s)",
         ]
-        params: list[Any] = [*rows_params, _vector_literal(vector), candidates]
+        params: list[Any] = [*rows_params, VectorParam(vector), candidates]
     else:
-        nearest = embedded.annotate(distance=CosineDistance("embedding", vector)).order_by("distance").values("id")
+        nearest = (
+            embedded.annotate(distance=CosineDistance("embedding", vector_value(vector)))
+            .order_by("distance")
+            .values("id")
+        )
         vector_sql, vector_params = nearest[:candidates].query.sql_with_params()
         ctes = [f"by_vector AS ({vector_sql})"]
         params = list(vector_params)
@@ -354,7 +359,7 @@ def search_sql(
         FROM memories_memory m CROSS JOIN q
         WHERE m.id IN (SELECT id FROM by_vector UNION SELECT id FROM by_keyword)
     """
-    params += [*tsq_params, _vector_literal(vector)]
+    params += [*tsq_params, VectorParam(vector)]
     return SearchQuerySQL(sql=sql, params=params, exact=exact)
 
 
@@ -419,10 +424,6 @@ def _memory_search_db(
     hits = [hit for hit in hits if hit.score.total >= min_score]
     hits.sort(key=lambda hit: (-hit.score.total, hit.record["id"]))
     return hits[:limit]
-
-
-def _vector_literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(f"{value:.7g}" for value in vector.tolist()) + "]"
 
 
 def _compile(expression: SearchQuery) -> tuple[str, list[Any]]:

@@ -23,6 +23,7 @@ from memories.embedder import FAILURE_FIELDS, clear_embedding_failure, request_e
 from memories.embedding import get_embedder
 from memories.invalidation import users_changed
 from memories.models import Account, HistoryAction, Memory, MemoryHistory, MemoryKind, content_hash
+from memories.vectors import VectorParam
 
 # Fields a client may change; the rest (counters, vectors, hashes) belong to the service.
 UPDATABLE_FIELDS = ("content", "kind", "category", "key", "tags", "metadata", "importance", "pinned", "expires_at")
@@ -141,7 +142,7 @@ def _find_matches(
             item.category,
             item.key,
             content_hash(item.content),
-            None if vectors is None else vectors[index].tolist(),
+            None if vectors is None else VectorParam(vectors[index]),
         )
         for index, item in enumerate(items)
     ]
