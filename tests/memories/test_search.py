@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from rest_framework.test import APIClient
 
@@ -129,3 +130,31 @@ def test_query_embeddings_are_cached(api: APIClient, spy_embedder: SpyEmbedder) 
         api.get("/memory/relevant", {"user_id": "u1", "query": "a hot drink"})
 
     assert spy_embedder.calls - stored_calls == 1
+
+
+def test_the_exact_or_hnsw_choice_is_counted_once_per_version_of_the_user(
+    api: APIClient, account: AccountWithKey, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 2}
+    counted: list[bool] = []
+    count = selectors._uses_exact_search
+
+    def counting(scoped: Any) -> bool:
+        counted.append(count(scoped))
+        return counted[-1]
+
+    monkeypatch.setattr(selectors, "_uses_exact_search", counting)
+    _store(api, FACTS[0])
+    _store(api, FACTS[1])
+    filters = MemoryFilters(user_id="u1")
+    vector = np.ones(384, dtype=np.float32) / np.sqrt(384)
+
+    def search(query: str) -> selectors.SearchQuerySQL:
+        return selectors.search_sql(account=account.account, filters=filters, query=query, vector=vector, limit=5)
+
+    for query in ("seats", "food", "music"):
+        assert search(query).exact is True
+    _store(api, FACTS[2])
+
+    assert search("seats").exact is False
+    assert counted == [True, False]
