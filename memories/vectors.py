@@ -24,7 +24,6 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Value
 from pgvector import Vector
 from pgvector.django import VectorField
 from psycopg.adapt import Dumper, PyFormat
@@ -83,9 +82,3 @@ class EmbeddingField(VectorField):
         if value is None or isinstance(value, str | VectorParam):
             return value
         return VectorParam(value.to_numpy() if isinstance(value, Vector) else value)
-
-
-def vector_value(vector: npt.ArrayLike) -> Value:
-    """A vector as an ORM expression, e.g. pgvector's CosineDistance("embedding", vector_value(v))
-    (given the array itself, pgvector's functions would send it as text)."""
-    return Value(VectorParam(vector), output_field=EmbeddingField())

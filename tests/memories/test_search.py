@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 
 from memories import selectors
 from memories.models import Memory, content_hash
+from memories.records import memory_to_record
 from memories.selectors import MemoryFilters
 from tests.conftest import SpyEmbedder
 from tests.factories import AccountWithKey, bulk_memories
@@ -158,3 +159,22 @@ def test_the_exact_or_hnsw_choice_is_counted_once_per_version_of_the_user(
 
     assert search("seats").exact is False
     assert counted == [True, False]
+
+
+def test_a_hits_record_is_the_memorys_record(api: APIClient, account: AccountWithKey) -> None:
+    memory_id = _store(
+        api,
+        FACTS[0],
+        tags=["travel", "seats"],
+        metadata={"source": "chat", "nested": {"n": 1}},
+        key="seat",
+        category="travel",
+        ttl_seconds=3600,
+    )
+
+    (hit,) = selectors.memory_search(
+        account=account.account, filters=MemoryFilters(user_id="u1"), query="window seat", limit=5
+    )
+
+    assert hit.record == memory_to_record(Memory.objects.get(pk=memory_id))
+    assert hit.record["metadata"] == {"source": "chat", "nested": {"n": 1}}
