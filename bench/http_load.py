@@ -89,8 +89,13 @@ DEFAULT_PORT = 8701
 DEFAULT_DATA_DIR = BASE_DIR / ".data" / "bench-http"
 # The account the benchmark's data set lives in (on the benchmark's own server).
 ACCOUNT = "httpbench"
-# The data set's (the generator's --seed).
+# The data set's (the generator's --seed); bench/recall.py uses the same, so
+# the two generate the same texts and share one cache of their vectors.
 SEED = 1
+# The vectors generate_memories keeps (memories.generate.default_cache_path of
+# the default data directory): the data set's texts are embedded once, not
+# once for this benchmark's own data directory and again for recall's.
+VECTOR_CACHE = BASE_DIR / ".data" / "generated-vectors.sqlite3"
 NAMESPACE = "default"
 START_TIMEOUT = 300.0
 STOP_TIMEOUT = 40.0
@@ -619,6 +624,7 @@ def load_data(server: Server, client: httpx.Client, options: SuiteOptions, seed:
                 "generate_memories",
                 *("--users", str(options.users), "--memories", str(options.memories)),
                 *("--account", data_account(options, seed), "--namespace", NAMESPACE, "--seed", str(seed)),
+                *("--vector-cache", str(VECTOR_CACHE)),
             )
         )
     else:

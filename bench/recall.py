@@ -62,7 +62,7 @@ from memories.synthetic import question
 GROUP = "recall"
 NAMESPACE = "default"
 # As bench/http_load.py's data set: the same texts, which a shared vector cache then holds.
-SEED = 7
+SEED = 1
 K = 10
 TARGET = 0.98
 # Distances are float4 arithmetic; nearer than this to the exact 10th is as near.
