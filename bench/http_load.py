@@ -63,6 +63,7 @@ import contextlib
 import http.client
 import itertools
 import json
+import logging
 import os
 import random
 import re
@@ -286,6 +287,10 @@ class Server:
     # The environment in which `manage.py` reaches the server's database and
     # cache (None against --url: no command is run there).
     manage_env: dict[str, str] | None
+
+
+# Run inside the suite, Django's logging would print every request httpx makes here.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _log(message: str) -> None:

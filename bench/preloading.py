@@ -29,9 +29,11 @@ import contextlib
 import statistics
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from django.db import DatabaseError, connection
 from django_redis import get_redis_connection
+from results import Result, SuiteOptions, latency, table
 from support import APIClient, bench_account  # first: support sets Django up
 
 from memories.cache import tiered_cache
@@ -39,6 +41,8 @@ from memories.models import Account
 from preload.models import PreloadConfig, RunTrigger
 from preload.options import Scope
 from preload.runs import preload_run, users_of
+
+GROUP = "preload"
 
 
 def _fill(account: Account, users: int, per_user: int) -> None:
@@ -112,22 +116,30 @@ def _budget(megabytes: int) -> Iterator[None]:
             row.save()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=1_000)
-    parser.add_argument("--per-user", type=int, default=100)
-    parser.add_argument("--sample", type=int, default=50, help="users whose first request is timed")
-    parser.add_argument("--budget-mb", type=int, default=1024, help="the global preload budget during the run")
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class Measured:
+    users: int
+    per_user: int
+    fill_s: float
+    status: str
+    # First requests, ms: (gets, lists), with an empty cache and after preloading.
+    cold: tuple[list[float], list[float]]
+    warm: tuple[list[float], list[float]]
+    hit_rate: float
+    memories: int
+    bytes: int
+    preload_s: float
+    redis_bytes: int
 
+
+def measure(*, users: int, per_user: int, sample: int, budget_mb: int) -> Measured:
     cache = tiered_cache()
     redis = get_redis_connection("default")
-    with bench_account() as (account, client), _budget(args.budget_mb):
+    with bench_account() as (account, client), _budget(budget_mb):
         started = time.perf_counter()
-        _fill(account, args.users, args.per_user)
+        _fill(account, users, per_user)
         fill_s = time.perf_counter() - started
-        sample = [f"user{n}" for n in range(1, min(args.sample, args.users) + 1)]
-        hot = _hot_memory_ids(account, sample)
+        hot = _hot_memory_ids(account, [f"user{n}" for n in range(1, min(sample, users) + 1)])
         client.get("/memory/memories", {"user_id": "nobody"})  # authenticate once: its cache is not measured
 
         cache.clear()
@@ -143,30 +155,88 @@ def main() -> None:
         warm = _first_requests(client, hot)
         rate = cache.preload_hit_rate()
     cache.clear()
+    return Measured(
+        users=users,
+        per_user=per_user,
+        fill_s=fill_s,
+        status=str(run.status),
+        cold=cold,
+        warm=warm,
+        hit_rate=float(rate["hit_rate"] or 0),
+        memories=run.memories,
+        bytes=run.bytes,
+        preload_s=preload_s,
+        redis_bytes=memory_after - memory_before,
+    )
 
-    (cold_p50, warm_p50), (cold_list, warm_list) = (
-        (statistics.median(cold[0]), statistics.median(warm[0])),
-        (statistics.median(cold[1]), statistics.median(warm[1])),
+
+def results(measured: Measured) -> list[Result]:
+    """SPEC-038's success metrics beside their targets."""
+    rows: list[Result] = []
+    for name, index in (("first get by id", 0), ("first list page (50)", 1)):
+        cold, warm = statistics.median(measured.cold[index]), statistics.median(measured.warm[index])
+        lower = 1 - warm / cold
+        rows.append(
+            latency(
+                GROUP,
+                f"{name} after start-up, preloaded",
+                measured.warm[index],
+                target=">= 80 % lower than without preloading (SPEC-038)",
+                met=lower >= 0.8,
+                baseline=f"empty cache: {cold:.2f} ms; {lower * 100:.0f} % lower",
+            )
+        )
+    per_second = measured.memories / measured.preload_s if measured.preload_s else 0.0
+    rows += [
+        Result(
+            group=GROUP,
+            operation="preload hit rate of hot reads (gets, lists)",
+            value=measured.hit_rate,
+            target="> 0.90",
+            met=measured.hit_rate > 0.9,
+        ),
+        Result(
+            group=GROUP,
+            operation=f"preload {measured.memories:,} memories of {measured.users:,} users",
+            throughput=per_second,
+            value=1_000_000 / per_second if per_second else None,
+            unit="s per 1,000,000",
+            target="1,000,000 in < 30 s",
+            met=per_second * 30 > 1_000_000,
+        ),
+        Result(
+            group=GROUP,
+            operation="Redis memory per 1,000 preloaded memories",
+            value=measured.redis_bytes / max(measured.memories, 1) * 1000 / 2**20,
+            unit="MB",
+            target="< 6 MB",
+            met=measured.redis_bytes / max(measured.memories, 1) * 1000 / 2**20 < 6,
+        ),
+    ]
+    return rows
+
+
+def run(options: SuiteOptions) -> list[Result]:
+    """The suite's part: options.memories spread evenly over options.users (100 each at the defaults)."""
+    return results(
+        measure(users=options.users, per_user=max(options.memories // options.users, 1), sample=50, budget_mb=1024)
     )
-    per_second = run.memories / preload_s if preload_s else 0.0
-    per_thousand_mb = (memory_after - memory_before) / max(run.memories, 1) * 1000 / 1024 / 1024
-    print(f"{args.users} users x {args.per_user} memories ({fill_s:.1f} s to write them); run {run.status}")
-    print(f"{'metric':44} {'measured':>22}   target (SPEC-038)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--per-user", type=int, default=100)
+    parser.add_argument("--sample", type=int, default=50, help="users whose first request is timed")
+    parser.add_argument("--budget-mb", type=int, default=1024, help="the global preload budget during the run")
+    args = parser.parse_args()
+    measured = measure(users=args.users, per_user=args.per_user, sample=args.sample, budget_mb=args.budget_mb)
     print(
-        f"{'first get by id, p50: empty cache -> preloaded':44} {cold_p50:8.2f} -> {warm_p50:6.2f} ms"
-        f" ({(1 - warm_p50 / cold_p50) * 100:3.0f} % lower)   >= 80 % lower"
+        f"{measured.users} users x {measured.per_user} memories ({measured.fill_s:.1f} s to write them);"
+        f" run {measured.status}; {measured.memories} memories, {measured.bytes} bytes of values,"
+        f" preloaded in {measured.preload_s:.1f} s"
     )
-    print(
-        f"{'first list page, p50: empty cache -> preloaded':44} {cold_list:8.2f} -> {warm_list:6.2f} ms"
-        f" ({(1 - warm_list / cold_list) * 100:3.0f} % lower)   >= 80 % lower"
-    )
-    print(f"{'preload hit rate of hot reads (gets, lists)':44} {(rate['hit_rate'] or 0) * 100:21.1f}%   > 90 %")
-    print(
-        f"{'preload throughput':44} {per_second:15.0f} mem/s   "
-        f"1,000,000 in {1_000_000 / per_second if per_second else float('inf'):.0f} s (< 30 s)"
-    )
-    print(f"{'Redis memory per 1,000 preloaded memories':44} {per_thousand_mb:19.2f} MB   < 6 MB")
-    print(f"preloaded {run.memories} memories, {run.bytes} bytes of values, in {preload_s:.1f} s")
+    print(table(results(measured)))
 
 
 if __name__ == "__main__":

