@@ -86,8 +86,10 @@ from results import Result, SuiteOptions, latency, table
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 GROUP = "http"
-DEFAULT_PORT = 8701
-DEFAULT_DATA_DIR = BASE_DIR / ".data" / "bench-http"
+DEFAULT_PORT = int(os.environ.get("BENCH_HTTP_PORT", "8701"))
+# Beside the embedded servers' data of this checkout (MEMORYPROJECT_DATA_DIR, .data by default).
+_DATA = Path(os.environ.get("MEMORYPROJECT_DATA_DIR", BASE_DIR / ".data"))
+DEFAULT_DATA_DIR = _DATA / "bench-http"
 # The account the benchmark's data set lives in (on the benchmark's own server).
 ACCOUNT = "httpbench"
 # The data set's (the generator's --seed); bench/recall.py uses the same, so
@@ -96,7 +98,7 @@ SEED = 1
 # The vectors generate_memories keeps (memories.generate.default_cache_path of
 # the default data directory): the data set's texts are embedded once, not
 # once for this benchmark's own data directory and again for recall's.
-VECTOR_CACHE = BASE_DIR / ".data" / "generated-vectors.sqlite3"
+VECTOR_CACHE = _DATA / "generated-vectors.sqlite3"
 NAMESPACE = "default"
 START_TIMEOUT = 300.0
 STOP_TIMEOUT = 40.0

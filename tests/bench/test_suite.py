@@ -1,0 +1,91 @@
+"""`make bench` runs on a fresh machine: the whole suite at a tiny size, on its own embedded servers.
+
+Numbers are not checked (speed is the benchmarks' business, not the tests'):
+only that every part runs and reports, and that the table and the JSON come out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+pytestmark = pytest.mark.live_server_process
+
+# Tiny: the test proves the suite runs, the numbers mean nothing at this size.
+SIZES = ("--memories", "300", "--users", "15", "--repeat", "4", "--clients", "2")
+_STOP = "from memoryproject import embedded; embedded.attach(postgres=True, valkey=True)"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def environ() -> Iterator[dict[str, str]]:
+    # Under /tmp, whose short paths keep the Valkey socket inside the AF_UNIX limit.
+    data_dir = Path(tempfile.mkdtemp(prefix="mp-bench-"))
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "MEMORYPROJECT_EMBEDDED"}
+    }
+    environ.update(MEMORYPROJECT_DATA_DIR=str(data_dir), BENCH_HTTP_PORT=str(_free_port()), PYTHONUNBUFFERED="1")
+    yield environ
+    for stack in (data_dir, data_dir / "bench-http"):
+        if (stack / "handles").exists():
+            # Attaching and exiting stops servers a failed run left behind.
+            subprocess.run(
+                [sys.executable, "-c", _STOP],
+                cwd=BASE_DIR,
+                env={**environ, "MEMORYPROJECT_DATA_DIR": str(stack)},
+                timeout=60,
+                check=False,
+            )
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_the_suite_runs_every_part_and_writes_its_results(environ: dict[str, str], tmp_path: Path) -> None:
+    migrate = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
+        cwd=BASE_DIR,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    out = tmp_path / "results"
+
+    suite = subprocess.run(
+        [sys.executable, "bench/suite.py", *SIZES, "--out", str(out)],
+        cwd=BASE_DIR,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+    assert suite.returncode == 0, suite.stderr[-5000:]
+    report = json.loads((out / "latest.json").read_text())
+    groups = {result["group"] for result in report["results"]}
+    assert groups == {"micro", "preload", "recall", "http"}
+    operations = {result["operation"] for result in report["results"]}
+    assert {"retain_batch 100", "get by id, cache hit, 1 client", "list 20 newest, 1 client"} <= operations
+    assert any(operation.startswith("recall@10 per user") for operation in operations)
+    assert report["machine"]["cores"] == os.cpu_count()
+    assert "targets met:" in suite.stdout
+    assert "p50 ms" in suite.stdout
