@@ -52,6 +52,7 @@ from memories.models import (
     Session,
     TranscriptStatus,
 )
+from memories.operations import operation
 from memories.services import MemoryInput, WriteResult, memory_batch_create, memory_delete
 
 logger = logging.getLogger(__name__)
@@ -351,7 +352,11 @@ def _run(transcript: RawTranscript, claim_id: uuid.UUID) -> CycleResult:
         # The same input will never parse: retrying cannot help.
         return _record_failure(transcript, claim_id, f"Unreadable transcript: {error}", permanent=True)
     try:
-        extraction = get_extractor().extract(messages)
+        with operation(
+            "extract", account_id=transcript.account_id, user_id=transcript.user_id, messages=len(messages)
+        ) as sizes:
+            extraction = get_extractor().extract(messages)
+            sizes["memories"] = len(extraction.memories)
         return _store_extraction(transcript, claim_id, extraction, started)
     except _ClaimLost:
         logger.warning("transcript %s was taken over by another worker; its result is discarded", transcript.id)

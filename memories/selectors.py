@@ -32,6 +32,7 @@ from memories.models import (
     Memory,
     MemoryHistory,
 )
+from memories.operations import operation
 from memories.ranking import Score, score
 from memories.records import (
     DEFERRED,
@@ -123,19 +124,21 @@ def memory_get(*, account: Account, memory_id: uuid.UUID) -> Memory:
     Cached by id with its user's generation token: a hit costs one Redis
     round trip (entry and token together) and no query.
     """
-    try:
-        return memory_from_record(_memory_get_cached(account, memory_id))
-    except CacheUnavailable:
-        return _memory_get_db(account, memory_id)
+    with operation("get", account_id=account.id):
+        try:
+            return memory_from_record(_memory_get_cached(account, memory_id))
+        except CacheUnavailable:
+            return _memory_get_db(account, memory_id)
 
 
 def memory_get_record(*, account: Account, memory_id: uuid.UUID) -> dict[str, Any]:
     """memory_get's memory as its record (memories.records): what a read that
     only answers with it needs, without building a model instance."""
-    try:
-        return _memory_get_cached(account, memory_id)
-    except CacheUnavailable:
-        return memory_to_record(_memory_get_db(account, memory_id))
+    with operation("get", account_id=account.id):
+        try:
+            return _memory_get_cached(account, memory_id)
+        except CacheUnavailable:
+            return memory_to_record(_memory_get_db(account, memory_id))
 
 
 def _memory_get_db(account: Account, memory_id: uuid.UUID) -> Memory:
@@ -227,6 +230,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor: str | None = None) -> Page:
+    """A page of the user's memories (_memory_list), timed as a `list` (memories.operations)."""
+    with operation("list", account_id=account.id, user_id=filters.user_id, limit=limit) as sizes:
+        page = _memory_list(account=account, filters=filters, limit=limit, cursor=cursor)
+        sizes["found"] = len(page.records)
+        return page
+
+
+def _memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor: str | None = None) -> Page:
     """Newest first; the cursor continues after the last item of the previous page
     (keyset paging on (created_at, id), so pages stay stable under inserts).
     Pages are cached under the user's generation token."""
@@ -398,6 +409,16 @@ def _where_sql(queryset: QuerySet[Memory]) -> tuple[str, list[Any]]:
 
 
 def memory_search(
+    *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float = 0.0
+) -> list[SearchHit]:
+    """_memory_search, timed as a `search` (memories.operations)."""
+    with operation("search", account_id=account.id, user_id=filters.user_id, limit=limit) as sizes:
+        hits = _memory_search(account=account, filters=filters, query=query, limit=limit, min_score=min_score)
+        sizes["found"] = len(hits)
+        return hits
+
+
+def _memory_search(
     *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float = 0.0
 ) -> list[SearchHit]:
     """The user's memories most relevant to the query, best first, each with its

@@ -10,6 +10,7 @@ without a vector and memories.embedder fills it in the background.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from memories.embedder import FAILURE_FIELDS, clear_embedding_failure, request_e
 from memories.embedding import get_embedder
 from memories.invalidation import users_changed
 from memories.models import Account, HistoryAction, Memory, MemoryHistory, MemoryKind, content_hash
+from memories.operations import operation
 from memories.vectors import VectorParam
 
 # Fields a client may change; the rest (counters, vectors, hashes) belong to the service.
@@ -291,8 +293,9 @@ def memory_batch_create(*, account: Account, items: Sequence[MemoryInput], actor
     Items that match an existing memory (same key, or a near-duplicate)
     update it instead of adding a twin; results come back in input order.
     """
-    vectors = get_embedder().embed([item.content for item in items])
-    return _write_retrying(account=account, items=items, vectors=vectors, actor=actor)
+    with _operation(account, items):
+        vectors = get_embedder().embed([item.content for item in items])
+        return _write_retrying(account=account, items=items, vectors=vectors, actor=actor)
 
 
 def memory_batch_create_pending(*, account: Account, items: Sequence[MemoryInput], actor: str) -> list[WriteResult]:
@@ -305,7 +308,8 @@ def memory_batch_create_pending(*, account: Account, items: Sequence[MemoryInput
     the vector this write does not wait for, and the embedder does not merge
     afterwards either, so two differently worded copies can both stay.
     """
-    results = _write_retrying(account=account, items=items, vectors=None, actor=actor)
+    with _operation(account, items):
+        results = _write_retrying(account=account, items=items, vectors=None, actor=actor)
     # Outside an atomic block this runs at once (the write has committed);
     # inside a caller's, after its commit: the embedder never looks too early.
     transaction.on_commit(request_embedding)
@@ -325,6 +329,17 @@ def _write_retrying(
             if attempt == 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _operation(account: Account, items: Sequence[MemoryInput]) -> AbstractContextManager[dict[str, int]]:
+    """A write is a `store` of one memory or a `batch` of several (memories.operations)."""
+    users = {item.user_id for item in items}
+    return operation(
+        "store" if len(items) == 1 else "batch",
+        account_id=account.id,
+        user_id=next(iter(users)) if len(users) == 1 else None,
+        items=len(items),
+    )
 
 
 def memory_create(*, account: Account, item: MemoryInput, actor: str) -> WriteResult:

@@ -181,6 +181,9 @@ SPECTACULAR_SETTINGS = {
 
 # -- memories -------------------------------------------------------------------
 
+# A memory operation at least this slow is logged as one JSON line (memories.operations).
+SLOW_OPERATION_MS = env_float("SLOW_OPERATION_MS", 100.0, minimum=0.0)
+
 MEMORY: dict[str, Any] = {
     "MAX_CONTENT_CHARS": env_int("MEMORY_MAX_CONTENT_CHARS", 10_000, minimum=1),
     "MAX_BATCH_ITEMS": env_int("MEMORY_MAX_BATCH_ITEMS", 1_000, minimum=1),

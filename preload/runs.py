@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from memories.cache import CacheUnavailable, tiered_cache
 from memories.models import Account, Memory
+from memories.operations import operation
 from preload.budget import Budget
 from preload.config import EffectiveConfig, global_config, resolve_configs
 from preload.engine import BackgroundWriter, Chosen, choose, plan
@@ -286,6 +287,16 @@ def _abandon(batch: _Batch) -> None:
 
 
 def run_execute(
+    *, run: PreloadRun, users: Iterator[UserRef] | None = None, on_user: Callable[[int], object] | None = None
+) -> PreloadRun:
+    """_run_execute, timed as a `preload` (memories.operations)."""
+    with operation("preload", account_id=run.account_id) as sizes:
+        finished = _run_execute(run=run, users=users, on_user=on_user)
+        sizes.update(users=finished.users_done, memories=finished.memories, bytes=finished.bytes)
+        return finished
+
+
+def _run_execute(
     *, run: PreloadRun, users: Iterator[UserRef] | None = None, on_user: Callable[[int], object] | None = None
 ) -> PreloadRun:
     """Preload the run's users, saving progress after each batch; return the finished run.

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from memories.operations import operation
+
 # Only files on disk are read, but a library further down must never decide to
 # ask a hub either.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -256,6 +258,10 @@ class MiniLM:
         return [encoding.ids for encoding in self._get_tokenizer().encode_batch(list(texts))]
 
     def embed(self, texts: Sequence[str]) -> Array:
+        with operation("embed", texts=len(texts)):
+            return self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> Array:
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not one string")
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)

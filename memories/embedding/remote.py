@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from memories.embedding import EmbeddingError, EmbeddingUnavailable
+from memories.operations import operation
 from memoryproject.http import ProcessClient
 
 # Answers about the provider or the request as a whole, not about any text in
@@ -41,6 +42,10 @@ class OpenAIEmbedder:
         self._client = ProcessClient(timeout=timeout, bearer=api_key)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        with operation("embed", texts=len(texts)):
+            return self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not one string")
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
