@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,43 +17,24 @@ from pathlib import Path
 
 import pytest
 
-BASE_DIR = Path(__file__).resolve().parent.parent.parent
+from tests.servers import BASE_DIR, free_port, own_environ, stop_embedded
 
 pytestmark = pytest.mark.live_server_process
 
 # Tiny: the test proves the suite runs, the numbers mean nothing at this size.
 SIZES = ("--memories", "300", "--users", "15", "--repeat", "4", "--clients", "2")
-_STOP = "from memoryproject import embedded; embedded.attach(postgres=True, valkey=True)"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 def environ() -> Iterator[dict[str, str]]:
     # Under /tmp, whose short paths keep the Valkey socket inside the AF_UNIX limit.
     data_dir = Path(tempfile.mkdtemp(prefix="mp-bench-"))
-    environ = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "MEMORYPROJECT_EMBEDDED"}
-    }
-    environ.update(MEMORYPROJECT_DATA_DIR=str(data_dir), BENCH_HTTP_PORT=str(_free_port()), PYTHONUNBUFFERED="1")
+    environ = own_environ(data_dir)
+    environ.update(BENCH_HTTP_PORT=str(free_port()), PYTHONUNBUFFERED="1")
     yield environ
     for stack in (data_dir, data_dir / "bench-http"):
         if (stack / "handles").exists():
-            # Attaching and exiting stops servers a failed run left behind.
-            subprocess.run(
-                [sys.executable, "-c", _STOP],
-                cwd=BASE_DIR,
-                env={**environ, "MEMORYPROJECT_DATA_DIR": str(stack)},
-                timeout=60,
-                check=False,
-            )
+            stop_embedded(stack, environ)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

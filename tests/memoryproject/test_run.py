@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,19 +27,14 @@ import psutil  # type: ignore[import-untyped]  # no stubs in requirements/dev.tx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.servers import free_port, own_environ, stop_embedded
+
 pytestmark = pytest.mark.live_server_process
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 FIRST_START_TIMEOUT = 180.0  # initdb and every migration, on a slow CI machine
 RESTART_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # Straight to 127.0.0.1, whatever HTTP_PROXY says.
@@ -153,31 +147,14 @@ def data_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="mp-run-"))
     yield path
     if _processes_of(path):
-        # A failed test left the servers running: attaching and exiting is
-        # what stops them (the last process attached stops the servers).
-        subprocess.run(
-            [sys.executable, "-c", "from memoryproject import embedded; embedded.attach(postgres=True, valkey=True)"],
-            cwd=BASE_DIR,
-            env={**os.environ, "MEMORYPROJECT_DATA_DIR": str(path)},
-            timeout=60,
-            check=False,
-        )
+        stop_embedded(path, os.environ)
     shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
 def environ(data_dir: Path) -> dict[str, str]:
-    environ = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "MEMORYPROJECT_EMBEDDED"}
-    }
-    environ.update(
-        MEMORYPROJECT_DATA_DIR=str(data_dir),
-        PORT=str(_free_port()),
-        WEB_CONCURRENCY="1",
-        PYTHONUNBUFFERED="1",
-    )
+    environ = own_environ(data_dir)
+    environ.update(PORT=str(free_port()), WEB_CONCURRENCY="1", PYTHONUNBUFFERED="1")
     return environ
 
 
