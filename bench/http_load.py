@@ -156,20 +156,28 @@ class _Httpx:
         return response.status_code, response.content
 
 
-CLIENTS: dict[str, Callable[[str, dict[str, str]], _Stdlib | _Httpx]] = {"stdlib": _Stdlib, "httpx": _Httpx}
+HttpClient = _Stdlib | _Httpx
+CLIENTS: dict[str, Callable[[str, dict[str, str]], HttpClient]] = {"stdlib": _Stdlib, "httpx": _Httpx}
+# What a request that got no answer raises, with either client.
+REQUEST_ERRORS = (OSError, http.client.HTTPException, httpx.HTTPError)
+
+
+def worker_client() -> HttpClient:
+    """A new client of a load-generator process, for the server and key LoadGenerator gave it."""
+    headers = {"Authorization": f"Bearer {os.environ[_KEY_VARIABLE]}", "Content-Type": "application/json"}
+    return CLIENTS[os.environ[_CLIENT_VARIABLE]](os.environ[_URL_VARIABLE], headers)
 
 
 def _worker_main() -> None:
     """A load-generator process: runs the batches of calls the parent sends on stdin, answers on stdout."""
-    headers = {"Authorization": f"Bearer {os.environ[_KEY_VARIABLE]}", "Content-Type": "application/json"}
-    client = CLIENTS[os.environ[_CLIENT_VARIABLE]](os.environ[_URL_VARIABLE], headers)
+    client = worker_client()
     for line in sys.stdin:
         job = json.loads(line)
         sys.stdout.write(json.dumps(_execute(client, job)) + "\n")
         sys.stdout.flush()
 
 
-def _execute(client: _Stdlib | _Httpx, job: dict[str, Any]) -> dict[str, Any]:
+def _execute(client: HttpClient, job: dict[str, Any]) -> dict[str, Any]:
     start_at: float = job["start_at"]
     stop_at: float | None = job["stop_at"]
     # Every client starts at the same instant, for a fair requests-per-second.
@@ -184,7 +192,7 @@ def _execute(client: _Stdlib | _Httpx, job: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             status, content = client.request(method, path, body)
-        except (OSError, http.client.HTTPException, httpx.HTTPError) as error:
+        except REQUEST_ERRORS as error:
             errors.append(f"{type(error).__name__}: {error}")
             continue
         samples.append((time.perf_counter() - started) * 1000)
@@ -218,13 +226,17 @@ class Outcome:
 
 
 class LoadGenerator:
-    """`clients` processes of bench/http_load.py --worker: no Django, only an HTTP client (CLIENTS)."""
+    """`clients` processes of bench/http_load.py --worker: no Django, only an HTTP client (CLIENTS).
 
-    def __init__(self, url: str, key: str, clients: int, client: str) -> None:
+    Another script's workers with `script` (bench/soak.py): started with WORKER_FLAG, they speak
+    their own protocol on stdin and stdout and build their clients with worker_client().
+    """
+
+    def __init__(self, url: str, key: str, clients: int, client: str, script: Path | None = None) -> None:
         environ = {**os.environ, _URL_VARIABLE: url, _KEY_VARIABLE: key, _CLIENT_VARIABLE: client}
         self.processes = [
             subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), WORKER_FLAG],
+                [sys.executable, str(script or Path(__file__).resolve()), WORKER_FLAG],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=environ,
@@ -245,7 +257,7 @@ class LoadGenerator:
             assert process.stdin is not None
             process.stdin.write(json.dumps({"calls": plan, "start_at": start_at, "stop_at": stop_at}) + "\n")
             process.stdin.flush()
-        answers = [json.loads(self._readline(process)) for process in busy]
+        answers = [json.loads(self.readline(process)) for process in busy]
         merged = Outcome(samples=[], statuses=Counter(), captured=[], errors=[], seconds=0.0)
         for answer in answers:
             merged.samples.extend(answer["samples"])
@@ -256,7 +268,7 @@ class LoadGenerator:
         return merged
 
     @staticmethod
-    def _readline(process: subprocess.Popen[str]) -> str:
+    def readline(process: subprocess.Popen[str]) -> str:
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line:
@@ -289,6 +301,14 @@ class Server:
     # The environment in which `manage.py` reaches the server's database and
     # cache (None against --url: no command is run there).
     manage_env: dict[str, str] | None
+    # The server's own process (memoryproject.run: the parent of gunicorn and
+    # the job cluster), None against --url.
+    pid: int | None = None
+
+
+def api_client(server: Server) -> httpx.Client:
+    """This process's own client of the server (not a load generator's), with the data set's key."""
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, **_HTTP_OPTIONS)
 
 
 # Run inside the suite, Django's logging would print every request httpx makes here.
@@ -390,7 +410,7 @@ def started_server(port: int, data_dir: Path, workers: int | None, account: str)
         database_url = _embedded_database_url(data_dir) if own_database else environ["DATABASE_URL"]
         # The account is created with its first key.
         key = _manage(environ, "create_api_key", f"httpbench-{time.time_ns()}", "--account", account)
-        yield Server(url=url, key=key, database_url=database_url, manage_env=environ)
+        yield Server(url=url, key=key, database_url=database_url, manage_env=environ, pid=process.pid)
     finally:
         _stop(process)
         _log(f"stopped the server (exit code {process.returncode})")
@@ -754,10 +774,15 @@ def _throughput_target(rate: float) -> Target:
     return Target(f">= {rate:,.0f} req/s", lambda r: (r.throughput or 0.0) >= rate)
 
 
+def repeated_queries(hot_users: Sequence[str]) -> list[tuple[str, str]]:
+    """Twenty (user, query) pairs, asked again and again: after the first time, cached results."""
+    return [(hot_users[index % len(hot_users)], f"what do I know about topic {index}") for index in range(20)]
+
+
 def operations(data: DataSet, nonce: str) -> list[Operation]:
     cold = iter(data.cold_ids)
     hot_ids, hot_users = data.hot_ids, data.hot_users
-    repeated = [(hot_users[index % len(hot_users)], f"what do I know about topic {index}") for index in range(20)]
+    repeated = repeated_queries(hot_users)
 
     def get_hot(rng: random.Random, client: int, n: int) -> Call:
         return get(f"/memory/memories/{hot_ids[(client * 7 + n) % len(hot_ids)]}")
@@ -1073,16 +1098,16 @@ class Bench:
         return replace(result, met=target.check(result) if target else None)
 
 
-def warm_up(bench: Bench, data: DataSet, nonce: str) -> None:
+def warm_up(generator: LoadGenerator, server: Server, clients: int, data: DataSet, nonce: str) -> None:
     """Load the model in every gunicorn worker and the job cluster; fill the API key caches."""
     rng = random.Random(1)
     calls = [
         get("/memory/relevant", user_id=rng.choice(data.users), query=f"{question(rng)} warm {nonce}") for _ in range(6)
     ]
-    bench.generator.run([calls for _ in range(bench.options.clients)])
+    generator.run([calls for _ in range(clients)])
     writer = f"httpbench-warm-{nonce}"
-    watch = EmbeddingWatch(bench.server.url, bench.server.key, [writer])
-    outcome = bench.generator.run(
+    watch = EmbeddingWatch(server.url, server.key, [writer])
+    outcome = generator.run(
         [[post("/memory/memories?async=true", {"user_id": writer, "content": "warm-up"}, capture=True)]]
     )
     watch.delays_ms(outcome.captured, timeout=60.0)
@@ -1109,9 +1134,8 @@ class HttpOptions:
 
 
 def run_against(server: Server, options: SuiteOptions, http: HttpOptions) -> list[Result]:
-    headers = {"Authorization": f"Bearer {server.key}"}
     nonce = f"{int(time.time()):x}"
-    with httpx.Client(base_url=server.url, headers=headers, **_HTTP_OPTIONS) as client:
+    with api_client(server) as client:
         loaded = load_data(server, client, options, http.seed)
         wait_for_preload(client, trigger=loaded)
         data = sample(client, options.users, options.repeat * (options.clients + 1), random.Random(http.seed))
@@ -1123,7 +1147,7 @@ def run_against(server: Server, options: SuiteOptions, http: HttpOptions) -> lis
             # store duplicates of its writes (merged, not stored: another path).
             rng = random.Random(f"{http.seed}:{nonce}")
             bench = Bench(server, generator, client, statements, options, http.seconds, rng)
-            warm_up(bench, data, nonce)
+            warm_up(generator, server, options.clients, data, nonce)
             results: list[Result] = []
             for operation in operations(data, nonce):
                 for clients in (1, options.clients):

@@ -203,7 +203,9 @@ def recall(account: Account, repeat: int) -> list[Result]:
     found: list[int] = []
 
     def search(index: int) -> None:
-        found.append(len(memory_search(account=account, filters=filters, query=queries[index], limit=SEARCH_LIMIT)))
+        found.append(
+            len(memory_search(account=account, filters=filters, query=queries[index], limit=SEARCH_LIMIT).hits)
+        )
 
     def forget_vector(index: int) -> None:
         # Query vectors are cached by text for every account: an earlier run may have left this one.

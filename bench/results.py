@@ -3,14 +3,21 @@ operation, so that `make bench` (bench/suite.py) prints them in one table,
 writes them to bench/results/latest.json and draws them.
 
 A part is a module with `run(options: SuiteOptions) -> list[Result]`; it can
-also be run alone as a script, which prints its own table.
+also be run alone as a script, which prints its own table. `machine()` says
+what the numbers were measured on, for every report that keeps them (the
+suite's, bench/soak.py's).
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
+import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -132,3 +139,35 @@ def table(results: Sequence[Result]) -> str:
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: they mean little without it."""
+    import psutil  # type: ignore[import-untyped]  # no stubs in requirements/dev.txt
+
+    model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = ""
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "commit": commit,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

@@ -16,49 +16,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import support  # noqa: F401  (sets Django up before any part imports the project)
-from results import Result, SuiteOptions, table
+from results import Result, SuiteOptions, machine, table
 
 BENCH = Path(__file__).resolve().parent
 PARTS = ("micro", "preloading", "recall", "http_load")
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on: they mean little without it."""
-    import psutil  # type: ignore[import-untyped]  # no stubs in requirements/dev.txt
-
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = ""
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "system": f"{platform.system()} {platform.release()}",
-        "commit": commit,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 def draw(results: Sequence[Result], path: Path, title: str) -> bool:

@@ -442,22 +442,26 @@ class MemoryAdmin(FastChangeListMixin, MemoryModelAdmin):
     @admin.action(description="Pin selected memories", permissions=["change"])
     def pin(self, request: HttpRequest, queryset: QuerySet[Memory]) -> None:
         count = self._set_pinned(request, queryset, True)
-        self.message_user(request, f"Pinned {count} memories.", messages.SUCCESS)
+        self.message_user(request, f"Pinned {_memories(count)}.", messages.SUCCESS)
 
     @admin.action(description="Unpin selected memories", permissions=["change"])
     def unpin(self, request: HttpRequest, queryset: QuerySet[Memory]) -> None:
         count = self._set_pinned(request, queryset, False)
-        self.message_user(request, f"Unpinned {count} memories.", messages.SUCCESS)
+        self.message_user(request, f"Unpinned {_memories(count)}.", messages.SUCCESS)
 
     @admin.action(description="Re-embed selected memories", permissions=["change"])
     def reembed(self, request: HttpRequest, queryset: QuerySet[Memory]) -> None:
         count = memories_reembed(queryset=queryset)
-        self.message_user(request, f"Re-embedded {count} memories.", messages.SUCCESS)
+        self.message_user(request, f"Re-embedded {_memories(count)}.", messages.SUCCESS)
 
     @admin.action(description="Retry embedding of selected memories (failed or waiting)", permissions=["change"])
     def retry_embedding(self, request: HttpRequest, queryset: QuerySet[Memory]) -> None:
         count = embedding_retry(queryset=queryset)
-        self.message_user(request, f"{count} memories queued for the background embedder.", messages.SUCCESS)
+        self.message_user(request, f"{_memories(count)} queued for the background embedder.", messages.SUCCESS)
+
+
+def _memories(count: int) -> str:
+    return f"{count} memory" if count == 1 else f"{count} memories"
 
 
 # -- sessions ---------------------------------------------------------------------------------------

@@ -40,8 +40,11 @@ class MemoriesConfig(AppConfig):
         from memories import invalidation, metrics  # noqa: F401
         from memories.vectors import use_vector_type
 
-        # Registers the fork hook: django-q2's workers are forked from a process that queried.
-        from memoryproject import forking  # noqa: F401
+        # forking registers the fork hook: django-q2's workers are forked from a process that queried.
+        # pool_metrics: under PROMETHEUS_MULTIPROC_DIR every process samples its own connection pools.
+        from memoryproject import forking, pool_metrics  # noqa: F401
+
+        pool_metrics.start()
 
         post_migrate.connect(_ensure_schedules, sender=self, dispatch_uid="memories.ensure_schedules")
         connection_created.connect(use_vector_type, dispatch_uid="memories.use_vector_type")

@@ -49,6 +49,8 @@ from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import RedisError
 
+from memoryproject.breakers import Breaker, BreakerOpen
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -151,70 +153,6 @@ class LocalCache:
         SIZE_BYTES.labels(entry.kind, "l1").set(self._bytes[entry.kind])
 
 
-# -- the circuit breaker ---------------------------------------------------------------------
-
-
-class CircuitBreaker:
-    """After `threshold` consecutive Redis failures, stop trying for `cooldown` seconds.
-
-    Without it, every request would wait for Redis's timeout while Redis is
-    down. After the cooldown one caller tries again (half-open); a success
-    closes the breaker.
-    """
-
-    def __init__(self, *, threshold: int, cooldown: float) -> None:
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._lock = threading.Lock()
-        self.on_close: Callable[[], None] | None = None
-        # How many times a success closed the breaker (and ran on_close).
-        self.closings = 0
-
-    @property
-    def failures(self) -> int:
-        """Redis failures in a row so far (reset by a success)."""
-        with self._lock:
-            return self._failures
-
-    @property
-    def is_open(self) -> bool:
-        with self._lock:
-            return self._opened_at is not None and time.monotonic() - self._opened_at < self.cooldown
-
-    def allow(self) -> bool:
-        with self._lock:
-            if self._opened_at is None:
-                return True
-            if time.monotonic() - self._opened_at >= self.cooldown:
-                # Half-open: let this caller try; others wait another cooldown.
-                self._opened_at = time.monotonic()
-                return True
-            return False
-
-    def success(self) -> None:
-        with self._lock:
-            was_open = self._opened_at is not None
-            self._failures = 0
-            self._opened_at = None
-            self.closings += was_open
-        if was_open and self.on_close is not None:
-            self.on_close()
-
-    def failure(self) -> None:
-        with self._lock:
-            self._failures += 1
-            if self._failures >= self.threshold and self._opened_at is None:
-                self._opened_at = time.monotonic()
-                logger.warning("Redis unavailable: cache bypassed for %.0f s", self.cooldown)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._failures = 0
-            self._opened_at = None
-
-
 class CacheUnavailable(Exception):
     """Redis cannot be used right now: the caller reads from PostgreSQL."""
 
@@ -225,11 +163,39 @@ class CacheUnavailable(Exception):
 @dataclass
 class Rider:
     """A generation token a request wants read with its next Redis round trip
-    rather than on a round trip of its own (the API key's: memories.api.auth)."""
+    rather than on a round trip of its own (the API key's: memories.api.auth),
+    or a rate counter it wants counted there (ride_counter)."""
 
     key: str
     token: str | None = None
     read: bool = False
+    # A counter's answer (WindowCounter): (1 if counted else 0, current window's count, previous window's).
+    counted: tuple[int, int, int] | None = None
+
+    @property
+    def counts(self) -> bool:
+        return self.key.startswith("#")
+
+
+@dataclass(frozen=True)
+class WindowCounter:
+    """A sliding-window rate counter (memories.api.throttling): one request is
+    counted in `key` (the current window's count) unless the previous window's
+    count (`previous_key`) times `previous_weight` (the share of the previous
+    window still inside the sliding one) plus the current count has reached
+    `limit`. A refused request is not counted. Counted in one Lua call, with
+    INCR and a PEXPIRE of two windows (the count serves as the previous one next)."""
+
+    key: str
+    previous_key: str
+    limit: int
+    window_ms: int
+    previous_weight: float
+
+    @property
+    def argument(self) -> str:
+        """How _RIDE's Lua reads it: `#limit#window ms#weight#key#previous key`."""
+        return f"#{self.limit}#{self.window_ms}#{self.previous_weight:.6f}#{self.key}#{self.previous_key}"
 
 
 # None outside a request scope (riding_tokens): then nothing rides.
@@ -256,14 +222,27 @@ def ride_token(key: str) -> Rider | None:
     return rider
 
 
+def ride_counter(counter: WindowCounter) -> Rider | None:
+    """Have the next Redis read of this scope also count `counter`; None outside a scope."""
+    return ride_token(counter.argument)
+
+
 def _waiting_riders() -> list[Rider]:
     return [rider for rider in _riders.get() or () if not rider.read]
 
 
-def _seat(riders: list[Rider], tokens: Sequence[bytes | str | None]) -> None:
-    for rider, token in zip(riders, tokens, strict=True):
-        rider.token = None if token is None else _text(token)
-        rider.read = True
+def _seat(riders: list[Rider], values: Sequence[Any], *, tokens: bool = True) -> None:
+    """Give the riders what their round trip read. With `tokens` false only
+    counters are given theirs (a counter counted must not count twice); the
+    tokens are read again."""
+    for rider, value in zip(riders, values, strict=True):
+        if isinstance(value, list):
+            counted, current, previous = (int(part) for part in value)
+            rider.counted = (counted, current, previous)
+            rider.read = True
+        elif tokens and not rider.counts:
+            rider.token = None if value is None else _text(value)
+            rider.read = True
 
 
 # -- the cache -------------------------------------------------------------------------------
@@ -286,7 +265,13 @@ class TieredCache:
     def __init__(self) -> None:
         config = _config()
         self.local = LocalCache(max_bytes=config["L1_MAX_BYTES"], idle_seconds=config["L1_IDLE_SECONDS"])
-        self.breaker = CircuitBreaker(threshold=config["BREAKER_THRESHOLD"], cooldown=config["BREAKER_COOLDOWN"])
+        # One breaker for everything this process asks of Redis (memoryproject.breakers).
+        self.breaker = Breaker(
+            "redis",
+            fail_max=config["BREAKER_THRESHOLD"],
+            reset_timeout=config["BREAKER_COOLDOWN"],
+            failures=(RedisError, OSError),
+        )
         self.breaker.on_close = self._after_recovery
         self._stats = Stats()
         self._stats_lock = threading.Lock()
@@ -302,17 +287,16 @@ class TieredCache:
         """Redis, or CacheUnavailable: one breaker for everything this process asks of Redis."""
         if not _config()["ENABLED"]:
             raise CacheUnavailable
-        if not self.breaker.allow():
-            BYPASSES.labels(kind).inc()
-            raise CacheUnavailable
         try:
-            yield self._redis()
+            with self.breaker.guard():
+                yield self._redis()
+        except BreakerOpen:
+            BYPASSES.labels(kind).inc()
+            raise CacheUnavailable from None
         except (RedisError, OSError) as error:
-            self.breaker.failure()
             BYPASSES.labels(kind).inc()
             logger.info("cache bypassed (%s): %s", kind, error)
             raise CacheUnavailable from error
-        self.breaker.success()
 
     # -- generations
 
@@ -330,7 +314,10 @@ class TieredCache:
         riders = _waiting_riders()
         closings = self.breaker.closings
         with self.guarded("generation") as redis:
-            values = redis.mget(keys + [rider.key for rider in riders]) if keys or riders else []
+            if any(rider.counts for rider in riders):
+                values = _TOKENS(keys=keys, args=[rider.key for rider in riders], client=redis)
+            else:
+                values = redis.mget(keys + [rider.key for rider in riders]) if keys or riders else []
             found = dict(zip(user_ids, values[: len(keys)], strict=True))
             tokens = {user_id: _text(token) for user_id, token in found.items() if token is not None}
             missing = [(user_id, key) for user_id, key in zip(user_ids, keys, strict=True) if user_id not in tokens]
@@ -345,9 +332,18 @@ class TieredCache:
         if self.breaker.closings != closings:
             # This read closed the breaker, whose on_close replayed the
             # invalidations Redis missed while it was down: what it read may predate them.
+            _seat(riders, values[len(keys) :], tokens=False)
             return self.generations(account_id, namespace, user_ids)
         _seat(riders, values[len(keys) :])
         return tokens
+
+    def count(self, counter: WindowCounter) -> tuple[int, int, int]:
+        """Count a request in `counter` (see WindowCounter) on a round trip of its
+        own, for a request that has no other to ride on; CacheUnavailable without Redis."""
+        with self.guarded("throttle") as redis:
+            (value,) = _TOKENS(keys=[], args=[counter.argument], client=redis)
+        counted, current, previous = (int(part) for part in value)
+        return counted, current, previous
 
     def invalidate_users(self, users: set[tuple[int, str, str]]) -> bool:
         """Replace the users' tokens: every entry derived from their memories is unreachable.
@@ -427,6 +423,7 @@ class TieredCache:
             # invalidations Redis missed while it was down: the tokens read
             # with the entry may predate them.
             generation = None
+            _seat(riders, carried, tokens=False)
         else:
             _seat(riders, carried)
         if isinstance(stored, bytes):
@@ -472,6 +469,7 @@ class TieredCache:
         if self.breaker.closings != closings or token is None:
             # A token read by the call that closed the breaker may predate the
             # invalidations it replayed; a missing one is created.
+            _seat(riders, carried, tokens=False)
             generation = self.generation(*owner)
             stored = None
         else:
@@ -637,14 +635,39 @@ class TieredCache:
 
 STATS_KEY = "cache:stats"
 
+# What a rider asks of a script's round trip (Rider): the value of a key (a
+# generation token), or, for an argument `#limit#window ms#weight#key#previous
+# key`, a request counted in a sliding window (WindowCounter): {1 if counted
+# else 0, the current window's count, the previous window's}.
+_RIDE = b"""
+local function ride(argument)
+  if string.byte(argument, 1) ~= 35 then
+    return redis.call('GET', argument)
+  end
+  local limit, ms, weight, key, previous = string.match(argument, '^#(%d+)#(%d+)#([%d.]+)#([^#]+)#([^#]+)$')
+  local counts = redis.call('MGET', key, previous)
+  local current = tonumber(counts[1] or '0')
+  local before = tonumber(counts[2] or '0')
+  if before * tonumber(weight) + current >= tonumber(limit) then
+    return {0, current, before}
+  end
+  current = redis.call('INCR', key)
+  if current == 1 then
+    redis.call('PEXPIRE', key, 2 * tonumber(ms))
+  end
+  return {1, current, before}
+end
+"""
+
 # An entry that starts with its token and the key of that token
 # (generation_prefix) comes back with the key's current value: the value and
 # its validity in one round trip. The pattern is anchored at the start, so
 # nothing inside the entry (a memory's content, its metadata) can be taken for it.
-# The keys in ARGV (riders' tokens) come back after them.
+# The riders in ARGV (see _RIDE) come back after them.
 _ENTRY_AND_GENERATION = Script(
     None,  # type: ignore[arg-type]  # each call names its client
-    b"""
+    _RIDE
+    + b"""
 local result = {false, false}
 local value = redis.call('GET', KEYS[1])
 if value then
@@ -654,8 +677,8 @@ if value then
     result[2] = redis.call('GET', name)
   end
 end
-for i, name in ipairs(ARGV) do
-  result[i + 2] = redis.call('GET', name)
+for i, argument in ipairs(ARGV) do
+  result[i + 2] = ride(argument)
 end
 return result
 """,
@@ -663,11 +686,12 @@ return result
 
 
 # A user's token (KEYS[1]) and the value at ARGV[1]:<token>, unless ARGV[2]
-# (the token of the copy the caller holds) is still current; then the riders'
-# tokens (ARGV[3..]).
+# (the token of the copy the caller holds) is still current; then the riders
+# (ARGV[3..], see _RIDE).
 _CURRENT_ENTRY = Script(
     None,  # type: ignore[arg-type]  # each call names its client
-    b"""
+    _RIDE
+    + b"""
 local result = {false, false}
 local token = redis.call('GET', KEYS[1])
 if token then
@@ -677,7 +701,23 @@ if token then
   end
 end
 for i = 3, #ARGV do
-  result[i] = redis.call('GET', ARGV[i])
+  result[i] = ride(ARGV[i])
+end
+return result
+""",
+)
+
+# The tokens at KEYS, then the riders in ARGV: MGET, for when a counter rides.
+_TOKENS = Script(
+    None,  # type: ignore[arg-type]  # each call names its client
+    _RIDE
+    + b"""
+local result = {}
+for i, name in ipairs(KEYS) do
+  result[i] = redis.call('GET', name)
+end
+for i, argument in ipairs(ARGV) do
+  result[#KEYS + i] = ride(argument)
 end
 return result
 """,

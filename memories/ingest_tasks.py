@@ -12,22 +12,26 @@ from django_q.models import Schedule
 from memories.ingest import process_queued, process_transcript
 from memories.retention import retention_apply
 from memories.schedules import ensure_schedule
+from memoryproject.retries import retry_database_errors
 
 PROCESS_SCHEDULE = "memories.process_transcripts"
 RETENTION_SCHEDULE = "memories.transcript_retention"
 RETENTION_INTERVAL_MINUTES = 24 * 60
 
 
+@retry_database_errors
 def process_transcript_task(transcript_id: str) -> dict[str, Any]:
     """Queued by store_raw on commit: process that one transcript (nothing if another worker took it)."""
     return asdict(process_transcript(transcript_id=transcript_id))
 
 
+@retry_database_errors
 def process_queued_task() -> dict[str, Any]:
     """Every minute: due retries, transcripts whose task was lost, and those of workers that died."""
     return asdict(process_queued(limit=int(settings.INGEST["BATCH_SIZE"])))
 
 
+@retry_database_errors
 def apply_retention_task() -> dict[str, Any]:
     """Daily: the whole retention of memories.retention (expired memories, old transcripts, old sessions)."""
     return asdict(retention_apply())

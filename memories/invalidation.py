@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
@@ -82,7 +82,15 @@ def replay_pending_invalidations(*, force: bool = True) -> int:
             return 0
         _replayed_at = now
         _recorded_here = False
-    pending = list(PendingInvalidation.objects.values_list("id", "account_id", "namespace", "user_id")[:10_000])
+    try:
+        pending = list(PendingInvalidation.objects.values_list("id", "account_id", "namespace", "user_id")[:10_000])
+    except (OperationalError, InterfaceError) as error:
+        # PostgreSQL is down: this runs on cache reads, which must still answer
+        # from the cache. Look again at the next read (its database breaker makes
+        # that free while PostgreSQL stays down).
+        logger.info("could not look for invalidations to replay: %s", error)
+        _recorded_here = True
+        return 0
     if not pending:
         return 0
     users = {(account_id, namespace, user_id) for _, account_id, namespace, user_id in pending}

@@ -10,6 +10,7 @@ Each is a count over a partial index (an index-only scan), capped and under a
 statement timeout (METRICS_DB_TIMEOUT), in one statement; if the database is
 slow or down, the scrape leaves those gauges out and says so in
 memory_metrics_database_up, and the rest of /metrics is served as usual.
+The processor's heartbeat age is read the same way, from its row.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Protocol, TypeVar
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
+from django.utils import timezone
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from memories.models import Memory, RawTranscript, TranscriptStatus
+from memories.models import Memory, ProcessorHeartbeat, RawTranscript, TranscriptStatus
 from memoryproject.prometheus import register_collector
 
 logger = logging.getLogger(__name__)
@@ -124,20 +128,27 @@ GAUGES = (
 )
 
 
-def read_counts() -> tuple[int, int, int]:
-    """The three gauges' values, in one statement under METRICS_DB_TIMEOUT.
+@contextmanager
+def _bounded() -> Iterator[CursorWrapper]:
+    """A cursor whose statements (and the ORM's, meanwhile) stop after METRICS_DB_TIMEOUT.
 
     In a savepoint that is always rolled back: SET LOCAL's timeout must not
     outlive it when the scrape runs inside a caller's transaction.
     """
-    sql, params = _sql()
     timeout_ms = max(1, round(float(settings.METRICS_DB_TIMEOUT) * 1000))
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{timeout_ms}ms"])
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
+            yield cursor
         transaction.set_rollback(True)
+
+
+def read_counts() -> tuple[int, int, int]:
+    """The three gauges' values, in one statement under METRICS_DB_TIMEOUT."""
+    sql, params = _sql()
+    with _bounded() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
     queued, pending, failed = (int(value) for value in row)
     return queued, pending, failed
 
@@ -169,3 +180,60 @@ class DatabaseGauges(Collector):
 
 DATABASE_GAUGES = DatabaseGauges()
 register_collector(DATABASE_GAUGES)
+
+
+# -- the processor's heartbeat, read from the database on scrape -------------------------------------
+
+HEARTBEAT_AGE = "memory_processor_heartbeat_age_seconds"
+HEARTBEAT_AGE_HELP = (
+    "Seconds since the transcript processor last beat (left out if it never did:"
+    " see memory_processor_heartbeat_recorded)"
+)
+HEARTBEAT_RECORDED = "memory_processor_heartbeat_recorded"
+HEARTBEAT_RECORDED_HELP = "1 if the transcript processor ever recorded a heartbeat, 0 if it never did"
+
+
+def read_heartbeat() -> float | None:
+    """Seconds since the processor's last beat, or None if it never beat; under METRICS_DB_TIMEOUT.
+
+    From its row, not from Redis's copy: record_heartbeat writes the row first,
+    so the row is never the older of the two.
+    """
+    # Here, not at the top: memories.ingest imports this module.
+    from memories.ingest import HEARTBEAT_NAME
+
+    with _bounded():
+        beat_at = ProcessorHeartbeat.objects.filter(name=HEARTBEAT_NAME).values_list("beat_at", flat=True).first()
+    if beat_at is None:
+        return None
+    # A writer whose clock runs ahead of this one's would make it negative.
+    return max(0.0, (timezone.now() - beat_at).total_seconds())
+
+
+class ProcessorHeartbeatGauges(Collector):
+    """The processor's heartbeat age, read on each scrape: a fact of the database, the same whoever answers.
+
+    Before the first beat the age is left out and memory_processor_heartbeat_recorded
+    is 0, rather than an age that would pass for a healthy processor (0) or
+    compare false with any threshold (NaN): alert rules tell "never ran"
+    (recorded == 0) from "stopped" (age > 300); see docs/alerts.yml. If the
+    database cannot be read, both are left out (memory_metrics_database_up says why).
+    """
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(HEARTBEAT_AGE, HEARTBEAT_AGE_HELP)
+        yield GaugeMetricFamily(HEARTBEAT_RECORDED, HEARTBEAT_RECORDED_HELP)
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            age = read_heartbeat()
+        except Exception as error:  # never a failed scrape
+            logger.warning("metrics: could not read the processor heartbeat: %s", error)
+            return
+        if age is not None:
+            yield GaugeMetricFamily(HEARTBEAT_AGE, HEARTBEAT_AGE_HELP, value=age)
+        yield GaugeMetricFamily(HEARTBEAT_RECORDED, HEARTBEAT_RECORDED_HELP, value=0 if age is None else 1)
+
+
+HEARTBEAT_GAUGES = ProcessorHeartbeatGauges()
+register_collector(HEARTBEAT_GAUGES)

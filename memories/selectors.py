@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from memories.cache import CacheUnavailable, TieredCache, cache_key, tiered_cache
-from memories.embedding import embed_query, get_embedder
+from memories.embedding import EmbeddingUnavailable, embed_query, get_embedder
 from memories.invalidation import replay_pending_invalidations
 from memories.models import (
     DISCRETE_KINDS,
@@ -43,6 +45,8 @@ from memories.records import (
     row_to_record,
 )
 from memories.vectors import VectorParam
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidCursor(ValueError):
@@ -341,21 +345,27 @@ class SearchQuerySQL:
 
 
 def search_sql(
-    *, account: Account, filters: MemoryFilters, query: str, vector: np.ndarray, limit: int
+    *, account: Account, filters: MemoryFilters, query: str, vector: np.ndarray | None, limit: int
 ) -> SearchQuerySQL:
     """The one query of a search: candidates nearest by vector and best by
     keyword match, as CTEs of the query that fetches their rows and scores.
+    Without a vector (the embedding provider is down) only the keyword match
+    finds candidates, and similarity counts 0.
 
     The user's filters (_filtered) and the keyword query are compiled once and
     written into each CTE that needs them: compiling a queryset per CTE cost
     ~2 ms a search, as much as the search itself for a small user."""
     scoped = _filtered(account, filters)
     candidates = max(settings.MEMORY["SEARCH_CANDIDATES"], limit)
-    exact = _uses_exact_search_cached(account, filters, scoped)
+    exact = vector is None or _uses_exact_search_cached(account, filters, scoped)
     where, where_params = _where_sql(scoped)
     table = connection.ops.quote_name(Memory._meta.db_table)
-    query_vector = VectorParam(vector)
-    if exact:
+    query_vector = None if vector is None else VectorParam(vector)
+    params: list[Any] = [*where_params, query_vector, candidates]
+    if query_vector is None:
+        ctes = ["by_vector AS (SELECT NULL::uuid AS id WHERE false)"]
+        params = []
+    elif exact:
         # MATERIALIZED keeps the planner from trading the user's B-tree for the
         # HNSW scan: every row of the user is compared, so recall is 1.0.
         ctes = [
@@ -367,7 +377,6 @@ def search_sql(
             f"by_vector AS (SELECT id FROM {table} WHERE {where} AND embedding IS NOT NULL"
             " ORDER BY embedding <=> %s::vector LIMIT %s)"
         ]
-    params: list[Any] = [*where_params, query_vector, candidates]
 
     keyword = _keyword_query(query)
     if keyword is not None:
@@ -383,15 +392,16 @@ def search_sql(
     else:
         ctes.append("by_keyword AS (SELECT NULL::uuid AS id WHERE false)")
         tsq_sql, tsq_params, rank_sql = "NULL::tsquery", [], "0.0"
+    similarity_sql = "0.0" if query_vector is None else "1 - (m.embedding <=> %s::vector)"
     sql = f"""
         WITH {", ".join(ctes)}, q AS (SELECT {tsq_sql} AS tsq)
         SELECT {_SEARCH_COLUMNS},
-               1 - (m.embedding <=> %s::vector) AS similarity,
+               {similarity_sql} AS similarity,
                COALESCE({rank_sql}, 0.0) AS keyword
         FROM {table} m CROSS JOIN q
         WHERE m.id IN (SELECT id FROM by_vector UNION SELECT id FROM by_keyword)
     """
-    params += [*tsq_params, query_vector]
+    params += [*tsq_params] if query_vector is None else [*tsq_params, query_vector]
     return SearchQuerySQL(sql=sql, params=params, exact=exact)
 
 
@@ -408,14 +418,38 @@ def _where_sql(queryset: QuerySet[Memory]) -> tuple[str, list[Any]]:
     return sql, list(params)
 
 
+class SearchMode(StrEnum):
+    # Vector similarity and keyword match blended (memories.ranking).
+    HYBRID = "hybrid"
+    # The embedding provider is unavailable: candidates come from keyword match
+    # alone, and similarity counts 0. Never cached: the next search may have vectors.
+    KEYWORD = "keyword"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[SearchHit]
+    mode: SearchMode = SearchMode.HYBRID
+
+
 def memory_search(
     *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float = 0.0
-) -> list[SearchHit]:
-    """_memory_search, timed as a `search` (memories.operations)."""
+) -> SearchResult:
+    """_memory_search, timed as a `search` (memories.operations); keyword match
+    alone while the embedding provider is unavailable."""
     with operation("search", account_id=account.id, user_id=filters.user_id, limit=limit) as sizes:
-        hits = _memory_search(account=account, filters=filters, query=query, limit=limit, min_score=min_score)
-        sizes["found"] = len(hits)
-        return hits
+        try:
+            result = SearchResult(
+                hits=_memory_search(account=account, filters=filters, query=query, limit=limit, min_score=min_score)
+            )
+        except EmbeddingUnavailable as error:
+            logger.warning("embedding provider unavailable, searching by keyword only: %s", error)
+            hits = _memory_search_db(
+                account=account, filters=filters, query=query, limit=limit, min_score=min_score, keyword_only=True
+            )
+            result = SearchResult(hits=hits, mode=SearchMode.KEYWORD)
+        sizes["found"] = len(result.hits)
+        return result
 
 
 def _memory_search(
@@ -448,10 +482,11 @@ def _memory_search(
 
 
 def _memory_search_db(
-    *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float
+    *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float, keyword_only: bool = False
 ) -> list[SearchHit]:
     """Two round trips: the size check that picks exact or HNSW search, and the search itself."""
-    search = search_sql(account=account, filters=filters, query=query, vector=embed_query(query), limit=limit)
+    vector = None if keyword_only else embed_query(query)
+    search = search_sql(account=account, filters=filters, query=query, vector=vector, limit=limit)
     with transaction.atomic():
         if not search.exact:
             _configure_hnsw()

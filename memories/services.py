@@ -2,13 +2,16 @@
 deduplicated, recorded in MemoryHistory, and invalidated in every cache tier.
 
 Embedding happens before the transaction opens: a model call never holds
-row locks, and a provider failure changes nothing. Fire-and-forget writes
+row locks, and a failed call changes nothing. A provider that is unavailable
+(down, timing out, its breaker open) does not fail the write: the rows are
+stored pending, as fire-and-forget writes are, and embedded later. Fire-and-forget writes
 (`memory_batch_create_pending`) skip the model call: their rows are stored
 without a vector and memories.embedder fills it in the background.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -21,13 +24,15 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from memories.embedder import FAILURE_FIELDS, clear_embedding_failure, request_embedding
-from memories.embedding import get_embedder
+from memories.embedding import EmbeddingUnavailable, get_embedder
 from memories.invalidation import users_changed
 from memories.models import Account, HistoryAction, Memory, MemoryHistory, MemoryKind, content_hash
 from memories.operations import operation
 from memories.vectors import VectorParam
 
 # Fields a client may change; the rest (counters, vectors, hashes) belong to the service.
+logger = logging.getLogger(__name__)
+
 UPDATABLE_FIELDS = ("content", "kind", "category", "key", "tags", "metadata", "importance", "pinned", "expires_at")
 
 
@@ -294,7 +299,14 @@ def memory_batch_create(*, account: Account, items: Sequence[MemoryInput], actor
     update it instead of adding a twin; results come back in input order.
     """
     with _operation(account, items):
-        vectors = get_embedder().embed([item.content for item in items])
+        try:
+            vectors = get_embedder().embed([item.content for item in items])
+        except EmbeddingUnavailable as error:
+            # The provider is down, not the write: store the rows pending, as an
+            # async write does, and let the background embedder give them their
+            # vectors when the provider is back (its breaker spares the wait).
+            logger.warning("embedding provider unavailable, %d memories stored pending: %s", len(items), error)
+            return _write_pending(account=account, items=items, actor=actor)
         return _write_retrying(account=account, items=items, vectors=vectors, actor=actor)
 
 
@@ -309,7 +321,11 @@ def memory_batch_create_pending(*, account: Account, items: Sequence[MemoryInput
     afterwards either, so two differently worded copies can both stay.
     """
     with _operation(account, items):
-        results = _write_retrying(account=account, items=items, vectors=None, actor=actor)
+        return _write_pending(account=account, items=items, actor=actor)
+
+
+def _write_pending(*, account: Account, items: Sequence[MemoryInput], actor: str) -> list[WriteResult]:
+    results = _write_retrying(account=account, items=items, vectors=None, actor=actor)
     # Outside an atomic block this runs at once (the write has committed);
     # inside a caller's, after its commit: the embedder never looks too early.
     transaction.on_commit(request_embedding)
@@ -353,8 +369,10 @@ def memory_update(*, memory: Memory, changes: Mapping[str, Any], actor: str) -> 
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
     vector = None
+    # With the provider down, a new content is stored without its vector, for the background embedder.
+    deferred = False
     if "content" in changes and changes["content"] != memory.content:
-        vector = get_embedder().embed([changes["content"]])[0]
+        vector, deferred = _embed_or_defer(changes["content"])
     with transaction.atomic():
         locked = Memory.objects.select_for_update().get(pk=memory.pk)
         old_content = locked.content
@@ -364,11 +382,13 @@ def memory_update(*, memory: Memory, changes: Mapping[str, Any], actor: str) -> 
         fields = [*applied, "updated_at"]
         if "content" in applied:
             locked.content_hash = content_hash(locked.content)
-            if vector is None:  # content changed again since we embedded: embed what is stored now
-                vector = get_embedder().embed([locked.content])[0]
+            if vector is None and not deferred:  # content changed again since we embedded: embed what is stored now
+                vector, deferred = _embed_or_defer(locked.content)
             locked.embedding = vector
-            locked.embedding_model = get_embedder().model_name
+            locked.embedding_model = get_embedder().model_name if vector is not None else ""
             clear_embedding_failure(locked)
+            if deferred:
+                transaction.on_commit(request_embedding)
             fields += ["content_hash", "embedding", "embedding_model", *FAILURE_FIELDS]
         locked.updated_at = timezone.now()
         users_changed([(locked.account_id, locked.namespace, locked.user_id)])
@@ -388,6 +408,15 @@ def memory_update(*, memory: Memory, changes: Mapping[str, Any], actor: str) -> 
             changes=applied,
         ).save()
     return locked
+
+
+def _embed_or_defer(text: str) -> tuple[np.ndarray | None, bool]:
+    """The text's vector, or (None, True) when the provider is unavailable: the caller stores it pending."""
+    try:
+        return get_embedder().embed([text])[0], False
+    except EmbeddingUnavailable as error:
+        logger.warning("embedding provider unavailable, a memory's new content stored pending: %s", error)
+        return None, True
 
 
 def memory_delete(*, memory: Memory, actor: str) -> None:

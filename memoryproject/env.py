@@ -96,3 +96,51 @@ def env_choice(name: str, default: str, choices: set[str], *, environ: Mapping[s
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {sorted(choices)}, not {value!r}")
     return value
+
+
+# A rate's period, as DRF spells it ("6000/min"), in seconds.
+_RATE_PERIODS = {
+    **dict.fromkeys(("s", "sec", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hour", "hours"), 3600),
+    **dict.fromkeys(("d", "day", "days"), 86_400),
+}
+
+
+def parse_rate(text: str) -> tuple[int, int] | None:
+    """`6000/min` as (6000 requests, 60 seconds); empty or zero (`0`, `0/min`) as
+    None: no limit. ValueError for anything else."""
+    text = text.strip()
+    count, slash, period = text.partition("/")
+    if not count.strip().isdigit():
+        raise ValueError(f"a rate is requests/period, like 6000/min, not {text!r}")
+    requests = int(count)
+    if requests == 0 and not (slash and period.strip()):
+        return None
+    seconds = _RATE_PERIODS.get(period.strip().lower())
+    if seconds is None:
+        raise ValueError(f"a rate's period is s, min, hour or day, not {period.strip()!r}")
+    return None if requests == 0 else (requests, seconds)
+
+
+def env_rate(name: str, default: str = "", *, environ: Mapping[str, str] | None = None) -> str:
+    """A rate like `6000/min`, checked; "" (no limit) when unset, empty or zero."""
+    raw = env_str(name, default, environ=environ).strip()
+    try:
+        return "" if not raw or parse_rate(raw) is None else raw
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name}: {error}") from None
+
+
+def env_header(name: str, *, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """`X-Forwarded-Proto=https` as Django's SECURE_PROXY_SSL_HEADER wants it:
+    ("HTTP_X_FORWARDED_PROTO", "https"). The header may also be given by its
+    META name (HTTP_X_FORWARDED_PROTO). None when unset."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return None
+    header, _, value = raw.partition("=")
+    header, value = header.strip().upper().replace("-", "_"), value.strip()
+    if not header or not value or not header.replace("_", "").isalnum():
+        raise ImproperlyConfigured(f"{name} must be a header and its value, like X-Forwarded-Proto=https, not {raw!r}")
+    return (header if header.startswith("HTTP_") else f"HTTP_{header}", value)

@@ -7,6 +7,12 @@ import threading
 
 import httpx
 
+# Answers about the provider or the request as a whole, not about any input in
+# it: bad credentials, unknown model or path, timeouts, rate limits, server
+# errors. Other 4xx (400, 413, 422) may be about one input. Only these count
+# towards a provider's circuit breaker (memoryproject.breakers).
+PROVIDER_STATUSES = frozenset({401, 403, 404, 408, 429}) | frozenset(range(500, 600))
+
 
 class ProcessClient:
     """An httpx.Client built on first use in each process.

@@ -11,6 +11,9 @@ with a MultiProcessCollector, whatever process incremented them: a gunicorn
 worker, a job worker, or one of either that has since exited (a dead process's
 counters still count). Collectors that compute their samples at scrape time
 (register_collector) have no files: they are added to that registry as well.
+Metrics a process samples of itself (memoryproject.pool_metrics) are brought
+up to date by register_refresh's callables before each scrape that process
+answers; the other processes' files hold their own latest samples.
 The default process, platform and gc collectors are left out in that mode:
 they would describe only the one worker answering the scrape.
 
@@ -23,8 +26,10 @@ exist (reap_dead_processes).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from django.http import HttpRequest, HttpResponse
@@ -33,11 +38,14 @@ from prometheus_client.registry import Collector
 
 from memoryproject.processes import pid_alive
 
+logger = logging.getLogger(__name__)
+
 VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # gauge_<live mode>_<pid>.db: the files mark_process_dead removes.
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
 _scrape_collectors: list[Collector] = []
+_scrape_refreshes: list[Callable[[], None]] = []
 
 
 def multiprocess_dir() -> str | None:
@@ -49,6 +57,11 @@ def register_collector(collector: Collector) -> None:
     """Register a collector that computes its samples on each scrape (no files in multiprocess mode)."""
     REGISTRY.register(collector)
     _scrape_collectors.append(collector)
+
+
+def register_refresh(refresh: Callable[[], None]) -> None:
+    """Run `refresh` before each scrape this process answers, to update metrics it samples of itself."""
+    _scrape_refreshes.append(refresh)
 
 
 def reap_dead_processes(path: str) -> list[int]:
@@ -78,4 +91,9 @@ def scrape_registry() -> CollectorRegistry:
 
 def metrics(request: HttpRequest) -> HttpResponse:
     """GET /metrics (replaces django_prometheus.exports.ExportToDjangoView, which would leave out the collectors)."""
+    for refresh in _scrape_refreshes:
+        try:
+            refresh()
+        except Exception:  # a stale sample is better than a failed scrape
+            logger.exception("metrics: %s failed", getattr(refresh, "__qualname__", refresh))
     return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -120,6 +120,10 @@ def prepare_environment(environ: MutableMapping[str, str]) -> None:
         environ["REDIS_URL"] = redis_url or stack.redis_url or ""
     if not environ.get("SECRET_KEY"):
         environ["SECRET_KEY"] = embedded.secret_key()
+    # The URLs given above would make the children's settings take this for
+    # production (memoryproject.settings.PRODUCTION): HTTPS redirects and secure
+    # cookies, with which the admin's login over this plain http could not work.
+    environ.setdefault("MEMORYPROJECT_PRODUCTION", "false")
 
 
 def prepare_metrics_directory(environ: MutableMapping[str, str], config: Config) -> Path:

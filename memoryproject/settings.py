@@ -12,7 +12,7 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from memoryproject.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+from memoryproject.env import env_bool, env_choice, env_float, env_header, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,6 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # -- core -----------------------------------------------------------------------
 
 DEBUG = env_bool("DEBUG", False)
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -50,6 +49,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Settles the rate limits that reads count on their first Redis round trip (after the key check).
+    "memories.api.throttling.DeferredThrottleMiddleware",
     # Settles the API key checks that reads defer to their first Redis round trip.
     "memories.api.auth.DeferredKeyCheckMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
@@ -102,9 +103,15 @@ if EMBEDDED:
 DATABASE_URL = DATABASE_URL or "postgresql://postgres@localhost/memoryproject"
 REDIS_URL = REDIS_URL or "redis://localhost:6379/0"
 
+# Production: DEBUG off and servers of its own rather than the embedded
+# development stack. It decides the defaults of the HTTPS settings below.
+# `make run` hands its children the embedded servers' URLs, and serves plain
+# http on 127.0.0.1: it sets MEMORYPROJECT_PRODUCTION=false for them.
+PRODUCTION = env_bool("MEMORYPROJECT_PRODUCTION", not DEBUG and not EMBEDDED)
+
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
-    if not EMBEDDED:
+    if not EMBEDDED or PRODUCTION:
         raise ImproperlyConfigured(
             "SECRET_KEY must be set: generate one with `python -c 'import secrets; print(secrets.token_urlsafe(50))'`"
         )
@@ -112,12 +119,31 @@ if not SECRET_KEY:
 
     SECRET_KEY = embedded.secret_key()
 
+# -- HTTPS and cookies: on in production (`manage.py check --deploy` passes), off for plain http
+
+# Behind a proxy that ends TLS, Django sees http: name the header the proxy
+# sets (X-Forwarded-Proto=https), or the redirect below would never end.
+SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+# Probes and Prometheus call from inside the network, often over plain http.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
+# One year: what browsers' preload lists ask for, with subdomains and preload.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+# Secure cookies are never sent over http: the admin's login needs them off there.
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+
 try:
     _database = dj_database_url.parse(DATABASE_URL)
 except ValueError as error:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {error}") from None
 if _database.get("ENGINE") != "django.db.backends.postgresql":
     raise ImproperlyConfigured("DATABASE_URL must be a PostgreSQL URL (postgresql://...): pgvector is required")
+# Django's backend with a circuit breaker on getting a connection (memoryproject/db/base.py):
+# with PostgreSQL down, a request fails at once instead of waiting DATABASE_POOL_TIMEOUT.
+_database["ENGINE"] = "memoryproject.db"
 _database["CONN_MAX_AGE"] = 0  # the psycopg pool keeps connections instead
 _database["OPTIONS"] = {
     **_database.get("OPTIONS", {}),
@@ -134,7 +160,20 @@ _database["OPTIONS"] = {
         "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
     },
 }
+# The web server's statements are cut off past this (wsgi.py marks its processes
+# MEMORYPROJECT_ROLE=web): one bad query must not hold a worker and a connection
+# for minutes. Jobs and commands (preloads, retention, index builds) run
+# without it. libpq's `options` sets it when a connection opens: no round trip.
+API_STATEMENT_TIMEOUT_MS = env_int("API_STATEMENT_TIMEOUT_MS", 5_000, minimum=0)
+if env_str("MEMORYPROJECT_ROLE") == "web" and API_STATEMENT_TIMEOUT_MS:
+    _database["OPTIONS"]["options"] = f"-c statement_timeout={API_STATEMENT_TIMEOUT_MS}"
 DATABASES = {"default": _database}
+# Failed attempts in a row to get a connection (refused, or the pool's timeout)
+# that open the database's circuit breaker, and seconds it then fails at once.
+DATABASE_BREAKER = {
+    "THRESHOLD": env_int("DATABASE_BREAKER_THRESHOLD", 3, minimum=1),
+    "COOLDOWN": env_float("DATABASE_BREAKER_COOLDOWN", 5.0, minimum=0.1),
+}
 
 CACHES = {
     "default": {
@@ -146,6 +185,13 @@ CACHES = {
             "PARSER_CLASS": "redis.connection._HiredisParser",
             "SOCKET_CONNECT_TIMEOUT": env_float("REDIS_CONNECT_TIMEOUT", 0.5, minimum=0.01),
             "SOCKET_TIMEOUT": env_float("REDIS_TIMEOUT", 0.5, minimum=0.01),
+            # A bounded pool per process: past REDIS_POOL_MAX connections in use a
+            # caller waits up to REDIS_TIMEOUT for one, then goes on without the cache.
+            "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
+            "CONNECTION_POOL_KWARGS": {
+                "max_connections": env_int("REDIS_POOL_MAX", 50, minimum=1),
+                "timeout": env_float("REDIS_TIMEOUT", 0.5, minimum=0.01),
+            },
             # Redis is a cache here: when it is down, reads fall back to PostgreSQL.
             "IGNORE_EXCEPTIONS": True,
         },
@@ -166,6 +212,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["memories.api.errors.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "memories.api.errors.exception_handler",
+    # Per API key, in Redis (memories.api.throttling): "6000/min"; empty or 0, no limit.
+    "DEFAULT_THROTTLE_CLASSES": ["memories.api.throttling.ApiKeyRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"api_key": env_rate("THROTTLE_RATE") or None},
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -177,6 +226,13 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Adds the 429 of the rate limit to every operation that takes an API key.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "memories.api.throttling.document_rate_limit",
+        # And the 400, 401 and 404 that any view may answer.
+        "memories.api.schema.document_errors",
+    ],
 }
 
 # -- memories -------------------------------------------------------------------
@@ -190,6 +246,9 @@ MEMORY: dict[str, Any] = {
     "MAX_TAGS": env_int("MEMORY_MAX_TAGS", 50, minimum=0),
     "MAX_TAG_CHARS": env_int("MEMORY_MAX_TAG_CHARS", 100, minimum=1),
     "MAX_METADATA_BYTES": env_int("MEMORY_MAX_METADATA_BYTES", 16_384, minimum=2),
+    # Levels of objects and arrays in metadata (and its filters); below orjson's
+    # 255, which writes it into cache entries inside a few levels of their own.
+    "MAX_METADATA_DEPTH": env_int("MEMORY_MAX_METADATA_DEPTH", 32, minimum=1, maximum=200),
     "MAX_PAGE_SIZE": env_int("MEMORY_MAX_PAGE_SIZE", 1_000, minimum=1),
     "DEFAULT_PAGE_SIZE": env_int("MEMORY_DEFAULT_PAGE_SIZE", 50, minimum=1),
     # A new memory whose embedding is at least this similar to one of the same
@@ -249,6 +308,11 @@ EMBEDDING: dict[str, Any] = {
     "TIMEOUT": env_float("EMBEDDING_TIMEOUT", 10.0, minimum=0.1),
     "BATCH_SIZE": env_int("EMBEDDING_BATCH_SIZE", 64, minimum=1),
     "QUERY_CACHE_TTL": env_int("EMBEDDING_QUERY_CACHE_TTL", 86_400, minimum=1),
+    # An OpenAI-compatible provider that failed this many calls in a row is not
+    # called for COOLDOWN seconds (memoryproject.breakers): writes are stored
+    # pending and embedded later, searches match keywords only meanwhile.
+    "BREAKER_THRESHOLD": env_int("EMBEDDING_BREAKER_THRESHOLD", 5, minimum=1),
+    "BREAKER_COOLDOWN": env_float("EMBEDDING_BREAKER_COOLDOWN", 30.0, minimum=0.1),
 }
 if EMBEDDING["DIMENSIONS"] != 384:
     # The vector column is declared vector(384) by the migrations.
@@ -266,6 +330,10 @@ EXTRACTION: dict[str, Any] = {
     "TIMEOUT": env_float("EXTRACTION_TIMEOUT", 30.0, minimum=0.1),
     "SUMMARY_MAX_SENTENCES": env_int("EXTRACTION_SUMMARY_MAX_SENTENCES", 3, minimum=1, maximum=50),
     "SUMMARY_MAX_CHARS": env_int("EXTRACTION_SUMMARY_MAX_CHARS", 600, minimum=40, maximum=20_000),
+    # The LLM is not asked for COOLDOWN seconds after this many failed calls in
+    # a row; transcripts wait for their retry meanwhile (memoryproject.breakers).
+    "BREAKER_THRESHOLD": env_int("EXTRACTION_BREAKER_THRESHOLD", 3, minimum=1),
+    "BREAKER_COOLDOWN": env_float("EXTRACTION_BREAKER_COOLDOWN", 60.0, minimum=0.1),
 }
 
 # Transcript ingestion (memories/ingest.py): store_raw queues, the processor
@@ -298,11 +366,12 @@ INGEST: dict[str, Any] = {
 
 # The ORM broker keeps queued tasks in PostgreSQL: a task accepted is not lost
 # when Redis restarts.
+Q_TIMEOUT = env_int("Q_TIMEOUT", 600, minimum=1)
 Q_CLUSTER = {
     "name": "memoryproject",
     "orm": "default",
     "workers": env_int("Q_WORKERS", 2, minimum=1),
-    "timeout": env_int("Q_TIMEOUT", 600, minimum=1),
+    "timeout": Q_TIMEOUT,
     "retry": env_int("Q_RETRY", 660, minimum=2),
     "catch_up": False,
     # How often the ORM broker looks for new tasks: an async write's vector waits
@@ -311,6 +380,10 @@ Q_CLUSTER = {
     "save_limit": env_int("Q_SAVE_LIMIT", 1000, minimum=0),
     "ack_failures": True,
 }
+# A background job that finds the database unreachable tries again with
+# exponential backoff for this long (memoryproject.retries), well inside the
+# task timeout above so that django-q2 never kills a job while it waits.
+JOB_RETRY_SECONDS = env_float("JOB_RETRY_SECONDS", 120.0, minimum=0.0, maximum=Q_TIMEOUT / 2)
 
 # Write-behind access tracking (memories/access.py): reads are counted in Redis
 # and a django-q2 schedule adds them to access_count in batches. The interval is

@@ -8,6 +8,7 @@ from django_q.tasks import async_task
 
 from memories.models import Account, Memory
 from memories.schedules import ensure_schedule
+from memoryproject.retries import retry_database_errors
 from preload.config import account_config, global_config
 from preload.engine import preload_trending
 from preload.models import PreloadRun, RunStatus, RunTrigger
@@ -18,6 +19,7 @@ TRENDING_SCHEDULE = "preload.trending"
 TRENDING_INTERVAL_MINUTES = 60
 
 
+@retry_database_errors
 def execute_preload_run(run_id: str) -> str:
     """Execute a recorded run (queued by the trigger, the schedule or start-up); its status when done."""
     run = PreloadRun.objects.get(pk=run_id)
@@ -26,6 +28,7 @@ def execute_preload_run(run_id: str) -> str:
     return str(run_execute(run=run).status)
 
 
+@retry_database_errors
 def refresh_all() -> str:
     """The scheduled refresh: every user again, when background refresh is on."""
     resume_stale_runs()
@@ -34,6 +37,7 @@ def refresh_all() -> str:
     return execute_preload_run(str(run_create(trigger=RunTrigger.SCHEDULE, account=None).id))
 
 
+@retry_database_errors
 def refresh_trending() -> int:
     """Each account's (and namespace's) trending key; how many keys were written."""
     written = 0

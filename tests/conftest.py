@@ -19,6 +19,7 @@ import memories.embedding as embedding
 from memories.access import send_queued_records
 from memories.cache import tiered_cache
 from memories.embedding import Embedder, Vectors, get_embedder
+from memoryproject.breakers import reset_breakers
 from tests.factories import AccountWithKey, make_account
 
 
@@ -40,21 +41,30 @@ def pytest_configure(config: pytest.Config) -> None:
     if not 0 <= slot <= 7:
         raise pytest.UsageError("MEMORYPROJECT_TEST_SLOT must be 0..7")
     settings.CACHES["default"]["LOCATION"] = _with_redis_db(settings.REDIS_URL, 15 - slot)
+    # The test client and the live server speak plain http, also where the
+    # servers' URLs make the settings take this for production.
+    settings.SECURE_SSL_REDIRECT = settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
     if slot:
         name = settings.DATABASES["default"]["NAME"]
         settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = f"test_{name}_{slot}"
 
 
-@pytest.fixture(autouse=True)
-def _clean_cache() -> None:
-    """Each test starts with empty tiers: Redis's test database flushed, this process's L1 and breaker reset."""
-    # Reads an earlier test queued must not land in this test's Redis.
+def reset_caches() -> None:
+    """Empty tiers: Redis's test database flushed, this process's L1 and breaker reset."""
+    # Reads queued earlier must not land in the emptied Redis.
     send_queued_records()
     cache.clear()
     tiered = tiered_cache()
     tiered.local.clear()
     tiered.breaker.reset()
     tiered.reset_stats()
+    reset_breakers()
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache() -> None:
+    """Each test starts with empty tiers (and so does each example of a property-based test: it calls reset_caches)."""
+    reset_caches()
 
 
 @pytest.fixture
@@ -136,5 +146,7 @@ def subprocess_env(transactional_db: None) -> dict[str, str]:
         "DATABASE_URL": database_url,
         "REDIS_URL": str(settings.CACHES["default"]["LOCATION"]),
         "SECRET_KEY": settings.SECRET_KEY,
+        # Test helpers over plain http, not a production deployment (memoryproject.settings.PRODUCTION).
+        "MEMORYPROJECT_PRODUCTION": "false",
         "DJANGO_SETTINGS_MODULE": "memoryproject.settings",
     }

@@ -47,7 +47,7 @@ def test_readme_walkthrough_runs_as_written(live_server: Any, subprocess_env: di
 
 def test_readme_configuration_table_names_every_setting() -> None:
     source = (ROOT / "memoryproject" / "settings.py").read_text()
-    names = set(re.findall(r'env_(?:str|bool|int|float|list|choice)\("([A-Z_]+)"', source))
+    names = set(re.findall(r'env_(?:str|bool|int|float|list|choice|rate|header)\("([A-Z_]+)"', source))
     readme = (ROOT / "README.md").read_text()
     assert names
     assert sorted(name for name in names if f"`{name}`" not in readme) == []

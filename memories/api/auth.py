@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,6 +11,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -21,6 +23,8 @@ from rest_framework.request import Request
 from memories.cache import CacheUnavailable, Rider, cache_key, ride_token, riding_tokens, tiered_cache
 from memories.invalidation import AUTH_GENERATION
 from memories.models import Account, ApiKey, hash_api_key
+
+logger = logging.getLogger(__name__)
 
 # last_used_at is for people, not for accounting: one write a minute per key is plenty.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -62,7 +66,12 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         now = timezone.now()
         if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
-            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            try:
+                ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            except (OperationalError, InterfaceError) as error:
+                # PostgreSQL is down: a cached read still answers (the next request tries again).
+                logger.info("could not record the key's last use: %s", error)
+                return Caller(account=key.account, key=key), key
             # The cached copy would otherwise keep asking for this update.
             with contextlib.suppress(CacheUnavailable):
                 tiered_cache().delete("auth", cache_key("auth", key_hash))

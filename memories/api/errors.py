@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404
+from psycopg.errors import QueryCanceled
 from rest_framework import exceptions, status
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
@@ -28,6 +30,12 @@ class ServiceUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "unavailable"
     default_detail = "A dependency is unavailable; try again shortly."
+
+    def __init__(self, detail: str | None = None, *, retry_after: float = 5.0) -> None:
+        super().__init__(detail)
+        # Seconds a client should wait (the Retry-After header): dependencies
+        # restart in seconds, and a breaker says when it will try again.
+        self.retry_after = retry_after
 
 
 class StrictJSONParser(JSONParser):
@@ -74,6 +82,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, EmbeddingError):
         logger.warning("embedding failed: %s", exc)
         exc = ServiceUnavailable(f"The embedding model is unavailable: {exc}")
+    elif isinstance(exc, OperationalError) and isinstance(exc.__cause__, QueryCanceled):
+        # API_STATEMENT_TIMEOUT_MS passed (the transaction, if any, was rolled back).
+        logger.error("database statement timed out: %s", exc)
+        exc = ServiceUnavailable("The database took too long to answer; nothing was changed. Try again shortly.")
     elif isinstance(exc, (OperationalError, InterfaceError)):
         logger.error("database unavailable: %s", exc)
         exc = ServiceUnavailable("The database is unavailable; nothing was changed. Try again shortly.")
@@ -95,4 +107,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     wait = getattr(exc, "wait", None)
     if isinstance(exc, exceptions.Throttled) and wait is not None:
         response["Retry-After"] = str(int(wait))
+    if isinstance(exc, ServiceUnavailable):
+        response["Retry-After"] = str(max(math.ceil(exc.retry_after), 1))
     return response

@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.urls import path
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
@@ -26,12 +26,22 @@ from rest_framework.views import APIView
 from memories import ingest, ingest_selectors
 from memories.api.auth import caller
 from memories.api.errors import error_response
-from memories.api.serializers import NAMESPACE_PATTERN, MetadataField, StrictSerializer
+from memories.api.serializers import (
+    NAMESPACE_PATTERN,
+    ErrorSerializer,
+    MetadataField,
+    StrictSerializer,
+    _check_json_value,
+)
 from memories.extraction import parse_transcript
 from memories.models import Session
 from memories.retention import retention_apply
 
 _NAMESPACE = re.compile(NAMESPACE_PATTERN)
+# Every view here takes it; the schema says what _namespace() accepts.
+_VECTORSTORE = OpenApiParameter(
+    "vectorstore_name", str, OpenApiParameter.PATH, pattern=NAMESPACE_PATTERN, description="the namespace"
+)
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -55,8 +65,45 @@ def _bad_text(text: str) -> str | None:
 # -- input -------------------------------------------------------------------------------------------
 
 
+# What validate_session_data and validate_metadata accept, for the schema: some text
+# (not only blanks), and a user_id.
+_SOME_TEXT = {"type": "string", "pattern": r"\S"}
+_SESSION_DATA_SCHEMA = {
+    "oneOf": [
+        _SOME_TEXT,
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "role": {"type": "string", "enum": ["user", "assistant", "system"]},
+                    "content": _SOME_TEXT,
+                },
+                "required": ["role", "content"],
+            },
+        },
+    ]
+}
+_METADATA_SCHEMA = {
+    "type": "object",
+    "properties": {"user_id": {**_SOME_TEXT, "maxLength": 255}},
+    "required": ["user_id"],
+}
+
+
+@extend_schema_field(_SESSION_DATA_SCHEMA)
+class SessionDataField(serializers.JSONField):
+    """session_data: any JSON here, checked by StoreRawSerializer.validate_session_data."""
+
+
+@extend_schema_field(_METADATA_SCHEMA)
+class TranscriptMetadataField(MetadataField):
+    """A transcript's metadata: an object with user_id, checked by StoreRawSerializer.validate_metadata."""
+
+
 class StoreRawSerializer(StrictSerializer):
-    session_data = serializers.JSONField(
+    session_data = SessionDataField(
         help_text="the whole chat: text with 'User:'/'Assistant:' turns, or a list of {role, content} messages"
     )
     session_id = serializers.RegexField(
@@ -64,7 +111,7 @@ class StoreRawSerializer(StrictSerializer):
         required=False,
         help_text="your id of the session (no '/'); a new one is made when omitted",
     )
-    metadata = MetadataField(help_text="must hold user_id: the end user the transcript is about")
+    metadata = TranscriptMetadataField(help_text="must hold user_id: the end user the transcript is about")
 
     def validate_session_data(self, value: Any) -> Any:
         config = settings.INGEST
@@ -82,6 +129,8 @@ class StoreRawSerializer(StrictSerializer):
                 problem = _bad_text(content) if isinstance(content, str) else None
                 if problem:
                     raise serializers.ValidationError(f"session_data[{position}].content cannot contain {problem}.")
+            # The rest of each message is stored (jsonb) and measured (orjson) as it came.
+            _check_json_value(value, "session_data")
             total = sum(
                 len(item["content"])
                 for item in value
@@ -271,8 +320,9 @@ class CleanupOutputSerializer(serializers.Serializer[Any]):
 class StoreRawView(APIView):
     @extend_schema(
         operation_id="transcript_store_raw",
+        parameters=[_VECTORSTORE],
         request=StoreRawSerializer,
-        responses={202: StoreRawOutputSerializer},
+        responses={202: StoreRawOutputSerializer, 409: ErrorSerializer},
     )
     def post(self, request: Request, vectorstore_name: str) -> Response:
         namespace = _namespace(vectorstore_name)
@@ -306,7 +356,9 @@ class StoreRawView(APIView):
 
 
 class ProcessingStatusView(APIView):
-    @extend_schema(operation_id="transcript_processing_status", responses=ProcessingStatusSerializer)
+    @extend_schema(
+        operation_id="transcript_processing_status", parameters=[_VECTORSTORE], responses=ProcessingStatusSerializer
+    )
     def get(self, request: Request, vectorstore_name: str) -> Response:
         namespace = _namespace(vectorstore_name)
         StrictSerializer(data=request.query_params).is_valid(raise_exception=True)
@@ -316,7 +368,9 @@ class ProcessingStatusView(APIView):
 
 class HierarchyView(APIView):
     @extend_schema(
-        operation_id="transcript_hierarchy", parameters=[HierarchyQuerySerializer], responses=HierarchyOutputSerializer
+        operation_id="transcript_hierarchy",
+        parameters=[_VECTORSTORE, HierarchyQuerySerializer],
+        responses=HierarchyOutputSerializer,
     )
     def get(self, request: Request, vectorstore_name: str) -> Response:
         namespace = _namespace(vectorstore_name)
@@ -329,7 +383,7 @@ class HierarchyView(APIView):
 class SessionView(APIView):
     @extend_schema(
         operation_id="transcript_session",
-        parameters=[OpenApiParameter("session_id", str, OpenApiParameter.PATH)],
+        parameters=[_VECTORSTORE, OpenApiParameter("session_id", str, OpenApiParameter.PATH)],
         responses=SessionOutputSerializer,
     )
     def get(self, request: Request, vectorstore_name: str, session_id: str) -> Response:
@@ -348,7 +402,7 @@ class SessionView(APIView):
 
 
 class StatsView(APIView):
-    @extend_schema(operation_id="transcript_stats", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="transcript_stats", parameters=[_VECTORSTORE], responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, vectorstore_name: str) -> Response:
         namespace = _namespace(vectorstore_name)
         StrictSerializer(data=request.query_params).is_valid(raise_exception=True)
@@ -359,7 +413,7 @@ class CleanupView(APIView):
     @extend_schema(
         operation_id="transcript_cleanup",
         request=CleanupSerializer,
-        parameters=[CleanupSerializer],
+        parameters=[_VECTORSTORE, CleanupSerializer],
         responses=CleanupOutputSerializer,
     )
     def post(self, request: Request, vectorstore_name: str) -> Response:

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
@@ -66,6 +68,18 @@ class StrictSerializer(serializers.Serializer[Any]):
         return super().to_internal_value(data)
 
 
+class StrictSerializerScheme(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+    """Tells the OpenAPI schema what StrictSerializer enforces: no field it does not know."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        schema["additionalProperties"] = False
+        return schema
+
+
 def _bad_text(text: str) -> str | None:
     """What PostgreSQL would refuse in a jsonb string: NUL, or a lone UTF-16 surrogate."""
     if "\x00" in text:
@@ -75,32 +89,55 @@ def _bad_text(text: str) -> str | None:
     return None
 
 
+# The integers orjson writes: signed and unsigned 64-bit.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
 def _check_json_value(value: Any, path: str = "metadata") -> None:
-    """PostgreSQL's jsonb refuses NUL characters, lone surrogates and non-finite numbers: catch them here as a 400."""
+    """PostgreSQL's jsonb refuses NUL characters, lone surrogates and non-finite numbers: catch them here as a 400.
+
+    Nesting is bounded too (MEMORY_MAX_METADATA_DEPTH): orjson, which writes
+    cache entries and cache keys, refuses more than 255 levels, and this very
+    check would run out of Python's stack long before PostgreSQL's limit."""
+    _check_json_levels(value, path, _limits()["MAX_METADATA_DEPTH"])
+
+
+def _check_json_levels(value: Any, path: str, levels_left: int) -> None:
+    if isinstance(value, dict | list) and levels_left <= 0:
+        limit = _limits()["MAX_METADATA_DEPTH"]
+        raise serializers.ValidationError(f"metadata: objects and arrays nest at most {limit} levels deep.")
     if isinstance(value, dict):
         for key, item in value.items():
             problem = _bad_text(key)
             if problem:
                 raise serializers.ValidationError(f"{path}: keys cannot contain {problem}.")
-            _check_json_value(item, f"{path}.{key}")
+            _check_json_levels(item, f"{path}.{key}", levels_left - 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_json_value(item, f"{path}[{index}]")
+            _check_json_levels(item, f"{path}[{index}]", levels_left - 1)
     elif isinstance(value, str) and _bad_text(value):
         raise serializers.ValidationError(f"{path}: strings cannot contain {_bad_text(value)}.")
     elif isinstance(value, float) and not math.isfinite(value):
         raise serializers.ValidationError(f"{path}: numbers must be finite.")
+    elif isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX:
+        # orjson, which writes cache entries and cache keys, refuses integers beyond 64 bits.
+        raise serializers.ValidationError(f"{path}: integers must fit in 64 bits.")
 
 
+def _check_metadata_size(value: dict[str, Any]) -> None:
+    limit = _limits()["MAX_METADATA_BYTES"]
+    if len(json.dumps(value, separators=(",", ":")).encode()) > limit:
+        raise serializers.ValidationError(f"Must be at most {limit} bytes as JSON.")
+
+
+@extend_schema_field(OpenApiTypes.OBJECT)  # not any JSON: only an object is accepted
 class MetadataField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         value = super().to_internal_value(data)
         if not isinstance(value, dict):
             raise serializers.ValidationError("Must be a JSON object.")
         _check_json_value(value)
-        limit = _limits()["MAX_METADATA_BYTES"]
-        if len(json.dumps(value, separators=(",", ":")).encode()) > limit:
-            raise serializers.ValidationError(f"Must be at most {limit} bytes as JSON.")
+        _check_metadata_size(value)
         return value
 
 
@@ -181,8 +218,14 @@ class MemoryUpdateSerializer(MemoryFieldsSerializer):
         return attrs
 
 
+# Items are validated one by one (to report errors by index): the schema says what each must be.
+@extend_schema_field({"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/MemoryCreate"}})
+class BatchItemsField(serializers.ListField):
+    """A batch's memories: any JSON each, checked one by one by MemoryCreateSerializer."""
+
+
 class BatchCreateSerializer(StrictSerializer):
-    memories = serializers.ListField(child=serializers.JSONField(), allow_empty=False)
+    memories = BatchItemsField(child=serializers.JSONField(), allow_empty=False)
 
 
 class CommaListField(serializers.CharField):
@@ -196,6 +239,10 @@ class CommaListField(serializers.CharField):
         return [item.strip() for item in items if item.strip()]
 
 
+_KINDS = "|".join(KIND_FILTER_CHOICES)
+
+
+@extend_schema_field({"type": "string", "pattern": f"^({_KINDS})(,({_KINDS}))*$", "example": "fact,preference"})
 class KindListField(CommaListField):
     def to_internal_value(self, data: Any) -> list[str]:  # type: ignore[override]
         kinds = super().to_internal_value(data)
@@ -206,19 +253,34 @@ class KindListField(CommaListField):
 
 
 class MetadataQueryField(serializers.CharField):
-    """A JSON object in a query string (or an object in a JSON body): metadata containment."""
+    """A JSON object in a query string (or an object in a JSON body): metadata containment.
+
+    Nothing in it is syntax: it is one jsonb value, and the filter is
+    PostgreSQL's `metadata @> value` (Django's `metadata__contains`, which takes
+    the object whole). A key like `a__b`, `$.a` or `a->b` is that very key, and
+    a nested object or array is contained as jsonb containment says. Bounded
+    like stored metadata: no larger, no deeper.
+    """
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:  # type: ignore[override]
         if isinstance(data, dict):
             value: Any = data
+        elif not isinstance(data, str):
+            raise serializers.ValidationError("Must be a JSON object.")
         else:
             try:
                 value = json.loads(super().to_internal_value(data))
-            except (ValueError, RecursionError):
+            except ValueError:
                 raise serializers.ValidationError('Must be a JSON object, e.g. {"topic": "travel"}.') from None
+            except RecursionError:
+                limit = _limits()["MAX_METADATA_DEPTH"]
+                raise serializers.ValidationError(
+                    f"metadata: objects and arrays nest at most {limit} levels deep."
+                ) from None
         if not isinstance(value, dict):
             raise serializers.ValidationError("Must be a JSON object.")
         _check_json_value(value)
+        _check_metadata_size(value)
         return value
 
 
@@ -479,6 +541,12 @@ class SearchHitSerializer(MemoryOutputSerializer):
 
 class SearchOutputSerializer(serializers.Serializer[Any]):
     query = serializers.CharField()
+    mode = serializers.ChoiceField(
+        choices=["hybrid", "keyword"],
+        help_text="hybrid: vector similarity and keyword match blended. keyword: the embedding provider is"
+        " unavailable, so these results come from keyword match alone (similarity 0); a later search"
+        " will have vectors again.",
+    )
     results = SearchHitSerializer(many=True)
 
 

@@ -173,7 +173,11 @@ class MemoryDetailView(APIView):
         record_access_later(memory_ids=[record["id"]])
         return Response(memory_output(record))
 
-    @extend_schema(operation_id="memory_update", request=MemoryUpdateSerializer, responses=MemoryOutputSerializer)
+    @extend_schema(
+        operation_id="memory_update",
+        request=MemoryUpdateSerializer,
+        responses={200: MemoryOutputSerializer, 409: ErrorSerializer},
+    )
     def patch(self, request: Request, memory_id: uuid.UUID) -> Response:
         _reject_query_params(request)
         memory = _get_memory(request, memory_id)
@@ -210,15 +214,19 @@ class RelevantView(APIView):
     def _search(self, request: Request, data: Any) -> Response:
         params = SearchSerializer(data=data)
         params.is_valid(raise_exception=True)
-        hits = selectors.memory_search(
+        found = selectors.memory_search(
             account=caller(request).account,
             filters=params.filters(),
             query=params.validated_data["query"],
             limit=params.validated_data["limit"],
             min_score=params.validated_data["min_score"],
         )
-        record_access_later(memory_ids=[hit.record["id"] for hit in hits])
-        return Response(SearchOutputSerializer({"query": params.validated_data["query"], "results": hits}).data)
+        record_access_later(memory_ids=[hit.record["id"] for hit in found.hits])
+        return Response(
+            SearchOutputSerializer(
+                {"query": params.validated_data["query"], "mode": found.mode, "results": found.hits}
+            ).data
+        )
 
     @extend_schema(
         operation_id="memories_relevant",
@@ -257,7 +265,9 @@ class CacheClearView(APIView):
     authentication_classes = [SessionAuthentication]
     permission_classes = [IsAdminUser]
 
-    @extend_schema(operation_id="cache_clear", request=None, responses={204: None, 503: ErrorSerializer})
+    @extend_schema(
+        operation_id="cache_clear", request=None, responses={204: None, 403: ErrorSerializer, 503: ErrorSerializer}
+    )
     def post(self, request: Request) -> Response:
         _reject_query_params(request)
         try:

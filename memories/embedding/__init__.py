@@ -88,6 +88,8 @@ def _build_embedder() -> Embedder:
             dimensions=int(config["DIMENSIONS"]),
             timeout=float(config["TIMEOUT"]),
             batch_size=int(config["BATCH_SIZE"]),
+            breaker_threshold=int(config["BREAKER_THRESHOLD"]),
+            breaker_cooldown=float(config["BREAKER_COOLDOWN"]),
         )
     raise ImproperlyConfigured(f"Unknown EMBEDDING PROVIDER {provider!r}: expected 'local' or 'openai'")
 

@@ -11,11 +11,8 @@ import numpy.typing as npt
 
 from memories.embedding import EmbeddingError, EmbeddingUnavailable
 from memories.operations import operation
-from memoryproject.http import ProcessClient
-
-# Answers about the provider or the request as a whole, not about any text in
-# it: bad credentials, unknown model or path, timeouts, rate limits, server errors.
-PROVIDER_STATUSES = frozenset({401, 403, 404, 408, 429}) | frozenset(range(500, 600))
+from memoryproject.breakers import Breaker, BreakerOpen, breaker
+from memoryproject.http import PROVIDER_STATUSES, ProcessClient
 
 
 class OpenAIEmbedder:
@@ -33,6 +30,8 @@ class OpenAIEmbedder:
         dimensions: int = 384,
         timeout: float = 10.0,
         batch_size: int = 64,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 30.0,
     ) -> None:
         self.model_name = model
         self.dimensions = dimensions
@@ -40,6 +39,12 @@ class OpenAIEmbedder:
         self.timeout = timeout
         self.batch_size = batch_size
         self._client = ProcessClient(timeout=timeout, bearer=api_key)
+        self._breaker_settings = (breaker_threshold, breaker_cooldown)
+
+    def _breaker(self) -> Breaker:
+        # Per process and shared by every embedder instance: the provider is down, not an instance.
+        fail_max, reset_timeout = self._breaker_settings
+        return breaker("embedding", fail_max=fail_max, reset_timeout=reset_timeout, failures=(EmbeddingUnavailable,))
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         with operation("embed", texts=len(texts)):
@@ -60,20 +65,30 @@ class OpenAIEmbedder:
 
     def _embed_chunk(self, texts: list[str]) -> npt.NDArray[np.float32]:
         try:
-            response = self._client.get().post(self.url, json={"model": self.model_name, "input": texts})
-        except httpx.TimeoutException as exc:
-            raise EmbeddingUnavailable(f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise EmbeddingUnavailable(f"{self.url} could not be reached: {type(exc).__name__}: {exc}") from exc
+            with self._breaker().guard():
+                response = self._post(texts)
+        except BreakerOpen as error:
+            raise EmbeddingUnavailable(str(error)) from None
         if response.status_code != 200:
             # Other 4xx (400, 413, 422) may be about one input, which the caller can isolate.
-            error = EmbeddingUnavailable if response.status_code in PROVIDER_STATUSES else EmbeddingError
-            raise error(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
+            raise EmbeddingError(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
         try:
             body = response.json()
         except ValueError as exc:
             raise EmbeddingError(f"{self.url} answered with invalid JSON: {response.text[:300]}") from exc
         return self._parse(body, expected=len(texts))
+
+    def _post(self, texts: list[str]) -> httpx.Response:
+        """The provider's answer; EmbeddingUnavailable (what the breaker counts) when it failed as a whole."""
+        try:
+            response = self._client.get().post(self.url, json={"model": self.model_name, "input": texts})
+        except httpx.TimeoutException as exc:
+            raise EmbeddingUnavailable(f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise EmbeddingUnavailable(f"{self.url} could not be reached: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in PROVIDER_STATUSES:
+            raise EmbeddingUnavailable(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
+        return response
 
     def _parse(self, body: Any, *, expected: int) -> npt.NDArray[np.float32]:
         data = body.get("data") if isinstance(body, dict) else None

@@ -199,6 +199,8 @@ def _build_extractor() -> Extractor:
             api_key=str(config["API_KEY"] or ""),
             timeout=float(config["TIMEOUT"]),
             summary_max_chars=int(config["SUMMARY_MAX_CHARS"]),
+            breaker_threshold=int(config["BREAKER_THRESHOLD"]),
+            breaker_cooldown=float(config["BREAKER_COOLDOWN"]),
         )
     raise ImproperlyConfigured(f"Unknown EXTRACTION PROVIDER {provider!r}: expected 'rules' or 'openai'")
 

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 
 from memories.extraction import KINDS, ExtractedMemory, Extraction, ExtractionUnavailable, Message
-from memoryproject.http import ProcessClient
+from memoryproject.breakers import BreakerOpen, breaker
+from memoryproject.http import PROVIDER_STATUSES, ProcessClient
 
 __all__ = ["LLMExtractor", "system_prompt"]
 
@@ -67,12 +68,15 @@ class LLMExtractor:
         api_key: str = "",
         timeout: float = 30.0,
         summary_max_chars: int = 600,
+        breaker_threshold: int = 3,
+        breaker_cooldown: float = 60.0,
     ) -> None:
         self.model = model
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.timeout = timeout
         self.summary_max_chars = summary_max_chars
         self._client = ProcessClient(timeout=timeout, bearer=api_key)
+        self._breaker_settings = (breaker_threshold, breaker_cooldown)
 
     def extract(self, messages: Sequence[Message]) -> Extraction:
         if not messages:
@@ -95,14 +99,14 @@ class LLMExtractor:
         }
 
     def _complete(self, body: dict[str, Any]) -> str:
+        fail_max, reset_timeout = self._breaker_settings
+        # Only the provider failing counts towards the breaker, not an answer the model got wrong.
+        guard = breaker("llm", fail_max=fail_max, reset_timeout=reset_timeout, failures=(ExtractionUnavailable,))
         try:
-            response = self._client.get().post(self.url, json=body)
-        except httpx.TimeoutException as exc:
-            raise ExtractionUnavailable(
-                f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise ExtractionUnavailable(f"{self.url} could not be reached: {type(exc).__name__}: {exc}") from exc
+            with guard.guard():
+                response = self._post(body)
+        except BreakerOpen as error:
+            raise ExtractionUnavailable(str(error)) from None
         if response.status_code != 200:
             raise ExtractionUnavailable(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
         try:
@@ -120,6 +124,20 @@ class LLMExtractor:
         if not isinstance(content, str):
             raise ExtractionUnavailable(f"{self.url} answered a choice without text content")
         return content
+
+    def _post(self, body: dict[str, Any]) -> httpx.Response:
+        """The provider's answer; ExtractionUnavailable here is the provider failing as a whole."""
+        try:
+            response = self._client.get().post(self.url, json=body)
+        except httpx.TimeoutException as exc:
+            raise ExtractionUnavailable(
+                f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ExtractionUnavailable(f"{self.url} could not be reached: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in PROVIDER_STATUSES:
+            raise ExtractionUnavailable(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
+        return response
 
     def _parse(self, content: str) -> Extraction:
         fenced = _FENCE.match(content)

@@ -8,34 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers import BASE_DIR, free_port, own_environ, stop_embedded
+from tests.servers import BASE_DIR
 
 pytestmark = pytest.mark.live_server_process
 
 # Tiny: the test proves the suite runs, the numbers mean nothing at this size.
 SIZES = ("--memories", "300", "--users", "15", "--repeat", "4", "--clients", "2")
-
-
-@pytest.fixture
-def environ() -> Iterator[dict[str, str]]:
-    # Under /tmp, whose short paths keep the Valkey socket inside the AF_UNIX limit.
-    data_dir = Path(tempfile.mkdtemp(prefix="mp-bench-"))
-    environ = own_environ(data_dir)
-    environ.update(BENCH_HTTP_PORT=str(free_port()), PYTHONUNBUFFERED="1")
-    yield environ
-    for stack in (data_dir, data_dir / "bench-http"):
-        if (stack / "handles").exists():
-            stop_embedded(stack, environ)
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_the_suite_runs_every_part_and_writes_its_results(environ: dict[str, str], tmp_path: Path) -> None:

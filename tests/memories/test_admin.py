@@ -336,7 +336,7 @@ def test_pin_action_pins_through_the_service(admin_client: Client, account: Acco
     assert entry.memory_id == unpinned.pk
     assert entry.changes == {"pinned": [False, True]}
     assert entry.actor == "admin:admin"
-    assert "Pinned 1 memories." in response.content.decode()
+    assert "Pinned 1 memory." in response.content.decode()
 
 
 def test_unpin_action_unpins(admin_client: Client, account: AccountWithKey) -> None:

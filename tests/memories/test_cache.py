@@ -466,9 +466,7 @@ def test_the_list_read_that_closes_the_breaker_does_not_trust_the_token_it_read(
     PendingInvalidation.objects.create(account_id=memory.account_id, namespace="default", user_id="u1")
     cache = tiered_cache()
     cache.local.clear()
-    for _ in range(cache.breaker.threshold):
-        cache.breaker.failure()
-    cache.breaker._opened_at = time.monotonic() - cache.breaker.cooldown  # the next call is the half-open try
+    cache.breaker.trip(cooled=True)  # the next call is the half-open try
 
     page = selectors.memory_list(account=memory.account, filters=MemoryFilters(user_id="u1"), limit=50)
 
@@ -510,10 +508,7 @@ def test_the_read_that_closes_the_breaker_does_not_trust_the_token_read_with_its
     PendingInvalidation.objects.create(account_id=memory.account_id, namespace="default", user_id="u1")
     cache = tiered_cache()
     cache.local.clear()
-    cache.breaker.failure()
-    cache.breaker.failure()
-    cache.breaker.failure()
-    cache.breaker._opened_at = time.monotonic() - cache.breaker.cooldown  # the next call is the half-open try
+    cache.breaker.trip(cooled=True)  # the next call is the half-open try
 
     found = selectors._memory_get_cached(memory.account, memory.id)
 

@@ -3,13 +3,11 @@ OpenAI-compatible provider against a real HTTP server on localhost."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,7 +28,7 @@ from memories.embedding import (
 from memories.embedding.minilm import MAX_SEQ_LENGTH, MODEL_NAME, MiniLM
 from memories.embedding.remote import OpenAIEmbedder
 from tests.conftest import SpyEmbedder
-from tests.local_server import JSONHandler, local_server
+from tests.memories.openai_server import FakeOpenAI, fake_openai_embeddings
 
 Vector = npt.NDArray[np.float32]
 
@@ -248,48 +246,9 @@ def test_query_cache_key_depends_on_model_and_text() -> None:
 # -- the OpenAI-compatible provider, against a real server -------------------------------------------
 
 
-@dataclass
-class FakeOpenAI:
-    """What the local server answers, and what it was sent."""
-
-    url: str
-    mode: str = "ok"
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    raw_responses: list[dict[str, Any]] = field(default_factory=list)
-
-
 @pytest.fixture
 def server(model: MiniLM) -> Iterator[FakeOpenAI]:
-    state = FakeOpenAI(url="")
-
-    class Handler(JSONHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-            if self.path != "/v1/embeddings":
-                self.answer_json(404, {"error": {"message": "not found"}})
-                return
-            if state.mode == "error":
-                self.answer_json(500, {"error": {"message": "the model crashed"}})
-                return
-            if state.mode == "slow":
-                time.sleep(1.0)
-            vectors = model.embed(body["input"])
-            if state.mode == "wrong_dimension":
-                vectors = vectors[:, :256]
-            if state.mode == "missing":
-                vectors = vectors[:-1]
-            # Not unit length, and in reverse order: the client must use `index` and normalise.
-            data = [
-                {"object": "embedding", "index": i, "embedding": (vector * 3.0).tolist()}
-                for i, vector in enumerate(vectors)
-            ][::-1]
-            response = {"object": "list", "model": body["model"], "data": data}
-            state.raw_responses.append(response)
-            self.answer_json(200, response)
-
-    with local_server(Handler) as url:
-        state.url = url
+    with fake_openai_embeddings(model) as state:
         yield state
 
 

@@ -101,7 +101,9 @@ def test_both_search_paths_return_the_right_memory(
     target = _store(api, "I always book a window seat when I fly")
 
     filters = MemoryFilters(user_id="u1")
-    hits = selectors.memory_search(account=account.account, filters=filters, query="window seat on planes", limit=5)
+    hits = selectors.memory_search(
+        account=account.account, filters=filters, query="window seat on planes", limit=5
+    ).hits
 
     assert hits[0].record["id"] == target
     assert selectors._uses_exact_search(selectors._filtered(account.account, filters)) is (exact_max_rows > 0)
@@ -118,7 +120,7 @@ def test_hnsw_path_finds_a_small_users_memories_among_a_large_table(
 
     hits = selectors.memory_search(
         account=account.account, filters=MemoryFilters(user_id="small"), query="something", limit=10
-    )
+    ).hits
 
     assert {hit.record["id"] for hit in hits} == wanted
 
@@ -174,7 +176,7 @@ def test_a_hits_record_is_the_memorys_record(api: APIClient, account: AccountWit
 
     (hit,) = selectors.memory_search(
         account=account.account, filters=MemoryFilters(user_id="u1"), query="window seat", limit=5
-    )
+    ).hits
 
     assert hit.record == memory_to_record(Memory.objects.get(pk=memory_id))
     assert hit.record["metadata"] == {"source": "chat", "nested": {"n": 1}}

@@ -27,7 +27,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs in requirements/dev.tx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port, own_environ, stop_embedded
+from tests.servers import Service, free_port, own_environ, stop_embedded
 
 pytestmark = pytest.mark.live_server_process
 
@@ -77,44 +77,16 @@ def _processes_of(data_dir: Path) -> list[psutil.Process]:
 
 
 @dataclass
-class Run:
-    """One `python -m memoryproject.run` and what it printed."""
+class Run(Service):
+    """One `python -m memoryproject.run` and what it printed, with the processes it started."""
 
-    environ: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    children: list[psutil.Process] = field(default_factory=list)
+    started_children: list[psutil.Process] = field(default_factory=list)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.environ['PORT']}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "memoryproject.run"],
-                cwd=BASE_DIR,
-                env=self.environ,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_until_ready(self, timeout: float) -> float:
-        """Seconds until the banner (printed once /health answers)."""
-        assert self.process is not None
-        started = time.monotonic()
-        while "Ctrl-C to stop" not in self.log():
-            assert self.process.poll() is None, f"run exited with {self.process.returncode}:\n{self.log()}"
-            assert time.monotonic() - started < timeout, f"not ready after {timeout} s:\n{self.log()}"
-            time.sleep(0.2)
-        self.children = psutil.Process(self.process.pid).children(recursive=True)
-        assert len(self.children) >= 2, "gunicorn and qcluster"
-        return time.monotonic() - started
+    def wait_until_ready(self, timeout: float) -> None:
+        """Until the banner (printed once /health answers); then its children are known."""
+        super().wait_until_ready(timeout)
+        self.started_children = self.children()
+        assert len(self.started_children) >= 2, "gunicorn and qcluster"
 
     def interrupt(self) -> float:
         """Ctrl-C; seconds until the process exited."""
@@ -136,7 +108,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for child in self.children:
+        for child in self.started_children:
             if child.is_running():
                 child.kill()
 
@@ -169,7 +141,8 @@ def runs(data_dir: Path) -> Iterator[list[Run]]:
 
 
 def _new_run(runs: list[Run], environ: dict[str, str], tmp_path: Path) -> Run:
-    run = Run(environ=environ, log_path=tmp_path / f"run-{len(runs) + 1}.log")
+    data_dir = Path(environ["MEMORYPROJECT_DATA_DIR"])
+    run = Run(data_dir=data_dir, environ=environ, log_path=tmp_path / f"run-{len(runs) + 1}.log")
     runs.append(run)
     run.start()
     return run
@@ -185,7 +158,7 @@ def _alive(process: psutil.Process) -> bool:
 def _assert_stopped(run: Run, data_dir: Path) -> None:
     assert run.process is not None
     assert run.process.returncode == 0, run.log()
-    alive = [child for child in run.children if _alive(child)]
+    alive = [child for child in run.started_children if _alive(child)]
     assert not alive, f"children still running: {alive}"
     assert not _processes_of(data_dir), "the embedded servers of the data directory are still running"
     assert not (data_dir / "postgres" / "postmaster.pid").exists()

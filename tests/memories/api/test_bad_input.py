@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from memories.models import Memory, MemoryHistory
+from memories.models import Memory, MemoryHistory, RawTranscript, Session
 
 pytestmark = pytest.mark.django_db
 
@@ -42,6 +42,8 @@ def _assert_error(response: Any, status: int) -> dict[str, Any]:
         ({**GOOD, "metadata": [1, 2]}, "metadata"),
         ({**GOOD, "metadata": {"blob": "x" * 20_000}}, "metadata"),
         ({**GOOD, "metadata": {"nul": "a\u0000b"}}, "metadata"),
+        # Beyond 64 bits: PostgreSQL would store it, but orjson (cache entries, cache keys) cannot write it.
+        ({**GOOD, "metadata": {"n": 2**64}}, "metadata"),
         ({**GOOD, "content": "a\u0000b"}, "content"),
         ({**GOOD, "content": "x" * 10_001}, "content"),
         ({**GOOD, "user_id": "u" * 256}, "user_id"),
@@ -81,6 +83,45 @@ def test_body_over_the_upload_limit_is_413(api: APIClient, settings: Any) -> Non
     error = _assert_error(api.post("/memory/memories/batch", {"memories": items}, format="json"), 413)
     assert "10000 bytes" in error["message"]
     assert Memory.objects.count() == 0
+
+
+_LARGE_BODIES = {
+    "/memory/memories": {"user_id": "u1", "content": "x" * 9_000, "metadata": {"note": "y" * 5_000}},
+    "/memory/memories?async=true": {"user_id": "u1", "content": "x" * 9_000, "metadata": {"note": "y" * 5_000}},
+    "/memory/memories/batch": {"memories": [{"user_id": "u1", "content": "x" * 1_000} for _ in range(20)]},
+    "/memory/memories/batch?async=true": {"memories": [{"user_id": "u1", "content": "x" * 1_000} for _ in range(20)]},
+    "/api/memory/default/store_raw": {"session_data": "User: I like tea.\n" * 1_000, "metadata": {"user_id": "u1"}},
+}
+
+
+@pytest.mark.parametrize("path", list(_LARGE_BODIES))
+def test_every_write_over_the_upload_limit_is_413_and_writes_nothing(api: APIClient, settings: Any, path: str) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+
+    error = _assert_error(api.post(path, _LARGE_BODIES[path], format="json"), 413)
+
+    assert error["code"] == "too_large"
+    assert not Memory.objects.exists()
+    assert not MemoryHistory.objects.exists()
+    assert not RawTranscript.objects.exists()
+    assert not Session.objects.exists()
+
+
+def test_an_async_batch_over_the_item_limit_is_413_and_writes_nothing(api: APIClient) -> None:
+    items = [{"user_id": "u1", "content": f"fact {n}"} for n in range(1_001)]
+
+    error = _assert_error(api.post("/memory/memories/batch?async=true", {"memories": items}, format="json"), 413)
+
+    assert "at most 1000" in error["message"]
+    assert not Memory.objects.exists()
+
+
+def test_a_body_over_the_default_upload_limit_is_413(api: APIClient) -> None:
+    body = b'{"user_id": "u1", "content": "' + b"x" * (21 * 1024 * 1024) + b'"}'
+
+    # Django sends bytes as they are; its stubs only admit str.
+    _assert_error(api.generic("POST", "/memory/memories", body, content_type="application/json"), 413)  # type: ignore[arg-type]
+    assert not Memory.objects.exists()
 
 
 def test_unpaired_surrogate_in_metadata_is_400(api: APIClient) -> None:
@@ -130,6 +171,7 @@ def test_batch_item_that_is_not_an_object_is_reported_by_index(api: APIClient) -
         {"user_id": "u1", "since": "last week"},
         {"user_id": "u1", "metadata": "{broken"},
         {"user_id": "u1", "metadata": "[1]"},
+        {"user_id": "u1", "metadata": '{"n": 18446744073709551616}'},
     ],
 )
 def test_bad_list_query_is_400(api: APIClient, params: dict[str, Any]) -> None:
@@ -150,6 +192,7 @@ def test_repeated_query_parameter_is_400(api: APIClient) -> None:
         {"user_id": "u1", "query": "tea", "min_score": "nan"},
         {"user_id": "u1", "query": "x" * 2_001},
         {"user_id": "u1", "query": "tea", "sort": "asc"},
+        {"user_id": "u1", "query": "tea", "metadata": '{"n": -9223372036854775809}'},
     ],
 )
 def test_bad_search_is_400(api: APIClient, params: dict[str, Any]) -> None:

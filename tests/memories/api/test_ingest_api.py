@@ -102,6 +102,18 @@ def test_store_raw_accepts_a_list_of_messages_and_makes_a_session_id(api: APICli
         ({"session_data": 42, "metadata": {"user_id": "u1"}}, "session_data", "must be the chat text"),
         ({"session_data": [{"role": "robot", "content": "x"}], "metadata": {"user_id": "u1"}}, "session_data", "role"),
         ({"session_data": "User: a\x00b", "metadata": {"user_id": "u1"}}, "session_data", "NUL"),
+        # What a message carries besides role and content is stored (jsonb) and measured (orjson) too.
+        (
+            {"session_data": [{"role": "user", "content": "hi", "x": "a\x00"}], "metadata": {"user_id": "u1"}},
+            "session_data",
+            "NUL",
+        ),
+        (
+            {"session_data": [{"role": "user", "content": "hi", "n": 2**64}], "metadata": {"user_id": "u1"}},
+            "session_data",
+            "64 bits",
+        ),
+        ({"session_data": "User: hi", "metadata": {"user_id": "u1", "n": 2**64}}, "metadata", "64 bits"),
         ({"session_data": "User: hi", "metadata": {"user_id": "u1"}, "session_id": "a/b"}, "session_id", ""),
         ({"session_data": "User: hi", "metadata": {"user_id": "u1"}, "extra": 1}, "extra", "Unknown field"),
         ([1, 2], "non_field_errors", "JSON object"),

@@ -126,6 +126,17 @@ def test_same_content_for_another_user_is_not_a_duplicate(api: APIClient) -> Non
     assert response.status_code == 201
 
 
+def test_metadata_integers_up_to_64_bits_are_stored_and_read_back(api: APIClient) -> None:
+    # The limits of what the caches' JSON writer (orjson) writes: larger ones are refused with a 400.
+    metadata = {"smallest": -(2**63), "largest": 2**64 - 1}
+    created = api.post("/memory/memories", {"user_id": "u1", "content": "x", "metadata": metadata}, format="json")
+
+    assert created.status_code == 201, created.json()
+    assert api.get(f"/memory/memories/{created.json()['id']}").json()["metadata"] == metadata
+    listed = api.get("/memory/memories", {"user_id": "u1", "metadata": orjson.dumps(metadata).decode()}).json()
+    assert [memory["id"] for memory in listed["results"]] == [created.json()["id"]]
+
+
 def test_ttl_sets_expiry_and_expired_memories_are_gone(api: APIClient) -> None:
     created = _store(api, "Temporary note", ttl_seconds=3600)
     assert created["expires_at"] is not None
