@@ -127,6 +127,22 @@ def spy_embedder(monkeypatch: pytest.MonkeyPatch) -> SpyEmbedder:
     return spy
 
 
+def spy_redis_commands(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The names of the Redis commands this process's cache sends from now on, in order."""
+    commands: list[Any] = []
+    cache = tiered_cache()
+    client = cache._redis()
+    original: Callable[..., Any] = client.execute_command
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        commands.append(args[0])
+        return original(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", execute_command)
+    monkeypatch.setattr(cache, "_redis", lambda: client)
+    return commands
+
+
 @pytest.fixture
 def subprocess_env(transactional_db: None) -> dict[str, str]:
     """Environment for a child process that must see this test's database and

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
 
 from memories.cache import tiered_cache
 from memories.models import ApiKey, Memory
+from tests.conftest import spy_redis_commands
 from tests.factories import AccountWithKey, make_account, make_memory
 
 pytestmark = pytest.mark.django_db
@@ -98,16 +96,7 @@ def test_a_cached_read_costs_one_redis_round_trip_key_check_included(
     cache = tiered_cache()
     for key in [key for key in cache.local._entries if not key.startswith("c:auth:")]:
         cache.local.delete(key)  # as in a worker that has not served this user yet
-    commands: list[Any] = []
-    client = cache._redis()
-    original: Callable[..., Any] = client.execute_command
-
-    def execute_command(*args: Any, **options: Any) -> Any:
-        commands.append(args[0])
-        return original(*args, **options)
-
-    monkeypatch.setattr(client, "execute_command", execute_command)
-    monkeypatch.setattr(cache, "_redis", lambda: client)
+    commands = spy_redis_commands(monkeypatch)
 
     response = api.get(path)
 

@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 from memories.api import throttling
 from memories.cache import tiered_cache
 from memories.models import ApiKey, Memory
+from tests.conftest import spy_redis_commands
 from tests.factories import AccountWithKey, make_memory
 
 pytestmark = pytest.mark.django_db
@@ -203,22 +204,13 @@ def test_a_limited_cached_read_costs_one_redis_round_trip(
     if warm == "redis":  # as in a worker that has not served this memory yet
         for key in [key for key in cache.local._entries if not key.startswith("c:auth:")]:
             cache.local.delete(key)
-    commands: list[Any] = []
-    client = cache._redis()
-    original: Callable[..., Any] = client.execute_command
-
-    def execute_command(*args: Any, **options: Any) -> Any:
-        commands.append(args[0])
-        return original(*args, **options)
-
-    monkeypatch.setattr(client, "execute_command", execute_command)
-    monkeypatch.setattr(cache, "_redis", lambda: client)
+    commands = spy_redis_commands(monkeypatch)
 
     assert api.get(path).status_code == 200
 
     # The memory (or its user's token), the key's token and the count: one script.
     assert commands == ["EVALSHA"], commands
-    assert [int(count) for count in _throttle_counts(client).values()] == [3]
+    assert [int(count) for count in _throttle_counts(cache._redis()).values()] == [3]
 
 
 def _throttle_counts(client: Redis) -> dict[bytes, bytes]:
