@@ -361,10 +361,10 @@ def search_sql(
     where, where_params = _where_sql(scoped)
     table = connection.ops.quote_name(Memory._meta.db_table)
     query_vector = None if vector is None else VectorParam(vector)
-    params: list[Any] = [*where_params, query_vector, candidates]
+    # The by_vector CTE's parameters, when there is a vector to search by.
+    params: list[Any] = [] if query_vector is None else [*where_params, query_vector, candidates]
     if query_vector is None:
         ctes = ["by_vector AS (SELECT NULL::uuid AS id WHERE false)"]
-        params = []
     elif exact:
         # MATERIALIZED keeps the planner from trading the user's B-tree for the
         # HNSW scan: every row of the user is compared, so recall is 1.0.
@@ -401,7 +401,7 @@ def search_sql(
         FROM {table} m CROSS JOIN q
         WHERE m.id IN (SELECT id FROM by_vector UNION SELECT id FROM by_keyword)
     """
-    params += [*tsq_params] if query_vector is None else [*tsq_params, query_vector]
+    params += tsq_params if query_vector is None else [*tsq_params, query_vector]
     return SearchQuerySQL(sql=sql, params=params, exact=exact)
 
 
