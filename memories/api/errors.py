@@ -16,6 +16,7 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from memories.embedding import EmbeddingError
+from memoryproject.breakers import BreakerOpen
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ class ServiceUnavailable(exceptions.APIException):
     default_code = "unavailable"
     default_detail = "A dependency is unavailable; try again shortly."
 
-    def __init__(self, detail: str | None = None, *, retry_after: float = 5.0) -> None:
+    default_retry_after = 5.0
+
+    def __init__(self, detail: str | None = None, *, retry_after: float = default_retry_after) -> None:
         super().__init__(detail)
         # Seconds a client should wait (the Retry-After header): dependencies
         # restart in seconds, and a breaker says when it will try again.
@@ -67,6 +70,16 @@ def _message(detail: Any) -> str:
     return str(detail)
 
 
+def _retry_after(error: BaseException) -> float:
+    """When the database breaker refused the request (memoryproject.db), the seconds until it tries again."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, BreakerOpen):
+            return cause.retry_after
+        cause = cause.__cause__
+    return ServiceUnavailable.default_retry_after
+
+
 def error_response(status_code: int, code: str, message: str, fields: Any = None) -> Response:
     body: dict[str, Any] = {"code": code, "message": message}
     if fields:
@@ -88,7 +101,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = ServiceUnavailable("The database took too long to answer; nothing was changed. Try again shortly.")
     elif isinstance(exc, (OperationalError, InterfaceError)):
         logger.error("database unavailable: %s", exc)
-        exc = ServiceUnavailable("The database is unavailable; nothing was changed. Try again shortly.")
+        exc = ServiceUnavailable(
+            "The database is unavailable; nothing was changed. Try again shortly.", retry_after=_retry_after(exc)
+        )
     elif isinstance(exc, DatabaseError):
         return None  # a bug, not the client's fault: let it surface as a 500 and be logged
     if not isinstance(exc, exceptions.APIException):

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from django.db import connection
 from psycopg_pool import ConnectionPool
+from rest_framework.test import APIClient
 
 from memoryproject.db import base
+from tests.factories import make_account
 
 
 @pytest.fixture
@@ -72,3 +74,23 @@ def test_a_connection_idle_past_the_bypass_window_is_checked(
     _query_and_return()
 
     assert len(checks) == 1
+
+
+def test_while_the_database_breaker_is_open_a_request_gets_503_with_its_cooldown(
+    transactional_db: None, settings: Any
+) -> None:
+    settings.DATABASE_BREAKER = {"THRESHOLD": 3, "COOLDOWN": 30.0}
+    account = make_account("acme")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {account.raw_key}")
+    connection.close()  # back to the pool: the next query asks for a connection
+    breaker = base.database_breaker()
+    breaker.trip()
+    try:
+        response = client.post("/memory/memories", {"user_id": "u1", "content": "User likes tea"}, format="json")
+    finally:
+        breaker.reset()  # the test database's flush needs a connection
+
+    assert response.status_code == 503
+    assert 29 <= int(response["Retry-After"]) <= 30
+    assert response.json()["error"]["code"] == "unavailable"
