@@ -6,13 +6,12 @@ from datetime import timedelta
 
 import pytest
 from django.db import OperationalError
-from django.test import Client
 from django.utils import timezone
-from prometheus_client.parser import text_string_to_metric_families
 
 import memories.metrics as metrics
 from memories.ingest import HEARTBEAT_NAME, CycleResult, record_heartbeat
 from memories.models import ProcessorHeartbeat
+from tests.metrics import scrape, unlabelled
 
 pytestmark = pytest.mark.django_db
 
@@ -20,20 +19,10 @@ AGE = "memory_processor_heartbeat_age_seconds"
 RECORDED = "memory_processor_heartbeat_recorded"
 
 
-def _scrape() -> dict[str, float]:
-    response = Client().get("/metrics")
-    assert response.status_code == 200
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(response.content.decode())
-        for sample in family.samples
-    }
-
-
 def test_before_any_heartbeat_the_age_is_left_out_and_flagged() -> None:
     assert not ProcessorHeartbeat.objects.exists()
 
-    scraped = _scrape()
+    scraped = unlabelled(scrape())
 
     assert scraped[RECORDED] == 0
     assert AGE not in scraped
@@ -42,7 +31,7 @@ def test_before_any_heartbeat_the_age_is_left_out_and_flagged() -> None:
 def test_right_after_a_heartbeat_its_age_is_small() -> None:
     record_heartbeat(result=CycleResult())
 
-    scraped = _scrape()
+    scraped = unlabelled(scrape())
 
     assert scraped[RECORDED] == 1
     assert 0 <= scraped[AGE] < 5
@@ -53,7 +42,7 @@ def test_the_age_counts_from_the_last_beat_in_the_database() -> None:
     # Redis's copy still says "now": the row, written first by every beat, is what counts.
     ProcessorHeartbeat.objects.filter(name=HEARTBEAT_NAME).update(beat_at=timezone.now() - timedelta(minutes=10))
 
-    scraped = _scrape()
+    scraped = unlabelled(scrape())
 
     assert 600 <= scraped[AGE] < 610
     assert scraped[RECORDED] == 1
@@ -69,7 +58,7 @@ def test_an_unreadable_database_leaves_the_heartbeat_out_of_a_scrape_that_still_
 
     monkeypatch.setattr(metrics, "read_heartbeat", unreadable)
 
-    scraped = _scrape()
+    scraped = {name for name, _ in scrape()}
 
     assert AGE not in scraped
     assert RECORDED not in scraped

@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.db import connection
-from django.test import Client, override_settings
+from django.test import override_settings
 from django.utils import timezone
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
 import memories.metrics as metrics
 from memories.ingest import process_transcript, requeue_stale_claims, transcript_store
 from memories.models import Account, Memory, RawTranscript, TranscriptStatus
 from memories.services import MemoryInput, memory_batch_create_pending
 from tests.factories import AccountWithKey, bulk_memories, bulk_processed_transcripts
+from tests.metrics import scrape
 
 pytestmark = pytest.mark.django_db
 
@@ -42,17 +42,6 @@ def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def _scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """GET /metrics, parsed: (sample name, sorted labels) -> value."""
-    response = Client().get("/metrics")
-    assert response.status_code == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.content.decode())
-        for sample in family.samples
-    }
-
-
 def _llm_down() -> dict[str, Any]:
     # Nothing listens on port 9 of loopback here: every extraction fails at once.
     return {**settings.EXTRACTION, "PROVIDER": "openai", "BASE_URL": "http://127.0.0.1:9/v1", "TIMEOUT": 1.0}
@@ -69,7 +58,7 @@ def test_processing_a_transcript_moves_the_raw_counters_shown_at_metrics(account
 
     transcript.refresh_from_db()
     assert transcript.memories_created >= 4
-    scraped = _scrape()
+    scraped = scrape()
     assert scraped[("raw_processed_total", (("status", "processed"),))] == processed + 1
     assert scraped[("raw_processing_seconds_count", ())] == durations + 1
     assert scraped[("raw_extracted_memories_count", ())] == extracted_count + 1
@@ -116,7 +105,7 @@ def test_queue_depth_is_the_number_of_queued_transcripts(account: AccountWithKey
 
     queued = RawTranscript.objects.filter(status=TranscriptStatus.QUEUED).count()
     assert queued == 2
-    assert _scrape()[("raw_queue_depth", ())] == queued
+    assert scrape()[("raw_queue_depth", ())] == queued
     assert _sample("raw_queue_depth") == queued
 
 
@@ -129,7 +118,7 @@ def test_pending_and_failed_rows_are_the_memories_without_a_vector(account: Acco
     given_up = Memory.objects.filter(embedding__isnull=True).first()
     assert given_up is not None
 
-    scraped = _scrape()
+    scraped = scrape()
     assert scraped[("memory_embedder_pending_rows", ())] == Memory.objects.filter(embedding__isnull=True).count() == 4
     assert scraped[("memory_embedder_failed_rows", ())] == 0
     assert scraped[("memory_metrics_database_up", ())] == 1
@@ -147,7 +136,7 @@ def test_a_slow_database_leaves_the_gauges_out_and_metrics_still_answers(
     monkeypatch.setattr(metrics, "_sql", lambda: ("SELECT pg_sleep(5), 1, 1", []))
 
     with override_settings(METRICS_DB_TIMEOUT=0.05):
-        scraped = _scrape()
+        scraped = scrape()
 
     assert scraped[("memory_metrics_database_up", ())] == 0
     assert ("raw_queue_depth", ()) not in scraped

@@ -15,29 +15,17 @@ import psycopg_pool
 import pytest
 from django.conf import settings
 from django.db import connection
-from django.test import Client
 from django_redis import get_redis_connection
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from redis import BlockingConnectionPool, ConnectionPool
 
 from memoryproject import pool_metrics
+from tests.metrics import scrape, unlabelled
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.django_db
-
-
-def _scrape() -> dict[str, float]:
-    """GET /metrics: the value of each sample without labels (single-process mode has no pid label)."""
-    response = Client().get("/metrics")
-    assert response.status_code == 200
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(response.content.decode())
-        for sample in family.samples
-        if not sample.labels
-    }
 
 
 def _value(name: str) -> float:
@@ -61,7 +49,7 @@ def test_database_pool_gauges_describe_this_process_s_pool() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
 
-    scraped = _scrape()
+    scraped = unlabelled(scrape())
 
     size, available = scraped["memory_db_pool_size"], scraped["memory_db_pool_available"]
     assert size >= 1
@@ -132,7 +120,7 @@ def test_redis_pool_gauges_describe_django_redis_s_pool() -> None:
     get_redis_connection("default").ping()
     pool = get_redis_connection("default").connection_pool
 
-    scraped = _scrape()
+    scraped = unlabelled(scrape())
 
     in_use, available = scraped["memory_redis_pool_in_use"], scraped["memory_redis_pool_available"]
     assert available >= 1  # the ping's connection, back in the pool

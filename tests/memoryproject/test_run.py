@@ -25,8 +25,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs in requirements/dev.txt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.metrics import Samples, parse_samples
 from tests.servers import Service, free_port, own_environ, stop_embedded
 
 pytestmark = pytest.mark.live_server_process
@@ -55,15 +55,10 @@ def _request(url: str, key: str | None = None, body: Any = None) -> tuple[int, A
         return error.code, json.loads(error.read() or b"null")
 
 
-def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """GET /metrics, parsed: (sample name, sorted labels) -> value."""
+def _scrape(url: str) -> Samples:
+    """GET /metrics of the server, parsed."""
     with _LOCAL.open(f"{url}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+        return parse_samples(response.read().decode())
 
 
 def _processes_of(data_dir: Path) -> list[psutil.Process]:
