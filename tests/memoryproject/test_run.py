@@ -95,14 +95,9 @@ class Run(Service):
         return time.monotonic() - started
 
     def kill(self) -> None:
-        """After a failure: leave no process behind (Ctrl-C first, so that the servers stop too)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """After a failure: leave no process behind (Service.stop, then the children
+        it started, even those a run that died left behind)."""
+        self.stop(timeout=STOP_TIMEOUT)
         for child in self.started_children:
             if child.is_running():
                 child.kill()
