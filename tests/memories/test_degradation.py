@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from memories.embedder import embed_pending_batch
 from memories.embedding.minilm import MiniLM
 from memories.models import Memory
-from memoryproject.breakers import breaker
+from memoryproject.breakers import reset_breakers
 from tests.memories.openai_server import FakeOpenAI, fake_openai_embeddings
 
 MODEL = "text-embedding-test"
@@ -70,7 +70,7 @@ def test_a_write_while_the_provider_is_down_is_stored_pending_and_embedded_when_
     assert memory.content == "I always book a window seat when I fly"
 
     provider.mode = "ok"
-    breaker("embedding", fail_max=2, reset_timeout=60.0, failures=()).reset()
+    reset_breakers()  # the provider is back: no cooldown to wait out
     assert embed_pending_batch(limit=10).embedded == 1
 
     memory.refresh_from_db()
@@ -137,7 +137,7 @@ def test_keyword_results_are_not_cached_once_the_provider_is_back(api: APIClient
     assert _search(api, "where do I like to sit when flying")["mode"] == "keyword"
 
     provider.mode = "ok"
-    breaker("embedding", fail_max=2, reset_timeout=60.0, failures=()).reset()
+    reset_breakers()  # the provider is back: no cooldown to wait out
     found = _search(api, "where do I like to sit when flying")
 
     assert found["mode"] == "hybrid"
