@@ -9,11 +9,9 @@ read answers with them as they are, without parsing a datetime.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from django.db import models
 
 from memories.models import Memory
@@ -34,7 +32,6 @@ _FIELDS = [field for field in Memory._meta.concrete_fields if field.name not in 
 _ATTNAMES = [field.attname for field in _FIELDS]
 _DATETIMES = {field.attname for field in _FIELDS if isinstance(field, models.DateTimeField)}
 _DATETIME_COLUMNS = {field.column for field in _FIELDS if isinstance(field, models.DateTimeField)}
-_JSON = {field.attname for field in _FIELDS if isinstance(field, models.JSONField)}
 # The columns of a record, in memory_to_record's order: what SQL selects to build one without a model.
 RECORD_COLUMNS = [field.column for field in _FIELDS]
 _UUIDS = {field.attname for field in _FIELDS if isinstance(field, (models.UUIDField, models.ForeignKey))} & {
@@ -61,21 +58,13 @@ def iso_utc_sql(expression: str) -> str:
 
 
 def memory_to_record(memory: Memory) -> dict[str, Any]:
-    return row_to_record([getattr(memory, name) for name in _ATTNAMES])
-
-
-def row_to_record(row: Sequence[Any]) -> dict[str, Any]:
-    """The record of a row of RECORD_COLUMNS (in that order), as a cursor
-    returns it: without the model instance a search's 100-200 rows would cost."""
     record: dict[str, Any] = {}
-    for name, value in zip(_ATTNAMES, row, strict=True):
+    for name in _ATTNAMES:
+        value = getattr(memory, name)
         if isinstance(value, datetime):
             value = iso_utc(value)
         elif isinstance(value, uuid.UUID):
             value = str(value)
-        elif name in _JSON and isinstance(value, str):
-            # Django has psycopg hand jsonb over as text; its JSONField parses it.
-            value = orjson.loads(value)
         record[name] = value
     return record
 

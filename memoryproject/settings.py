@@ -257,10 +257,12 @@ MEMORY: dict[str, Any] = {
     # Users with at most this many embedded memories are searched exactly
     # (recall 1.0); larger ones through the HNSW index with iterative scans.
     # Measured by bench/recall.py at 100,000 memories (p50 of the candidates
-    # query, exact vs HNSW): 5,307 rows 20-21 vs 26-28 ms, 8,289 rows 30.5 vs
-    # 18-22 ms; the lines cross near 6,500. HNSW's share of the index to scan
-    # falls as the table grows, so a larger table moves the crossing up.
-    "EXACT_SEARCH_MAX_ROWS": env_int("MEMORY_EXACT_SEARCH_MAX_ROWS", 6_500, minimum=0),
+    # query, exact vs HNSW): 5,307 rows 10.3 vs 25.5 ms, 8,289 rows 16.9 vs
+    # 17.8 ms (HNSW's p95 38 ms), 17,766 rows 34 vs 12.2 ms; the lines cross
+    # between the last two. HNSW's share of the index to scan falls as the
+    # table grows, so a larger table moves the crossing up: at 146,000
+    # memories a user of 10,908 took 17-25 ms exactly and 69 ms through HNSW.
+    "EXACT_SEARCH_MAX_ROWS": env_int("MEMORY_EXACT_SEARCH_MAX_ROWS", 12_000, minimum=0),
     # bench/recall.py at 100,000 memories: per-user recall@10 0.977-0.985 at 100,
     # 0.998-1.000 at 200, for 13.5 instead of 12.7 ms (user of 17,766 rows).
     "HNSW_EF_SEARCH": env_int("MEMORY_HNSW_EF_SEARCH", 200, minimum=1, maximum=1000),

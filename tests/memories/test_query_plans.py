@@ -53,12 +53,15 @@ def test_search_paths_use_their_indexes(big_table: Account, settings: Any) -> No
         selectors._configure_hnsw()
         large_plan = _plan(large.sql, large.params)
 
-    # A small user: the B-tree on (account, namespace, user_id, ...) finds the rows, all are compared.
+    # A small user: the B-tree on (account, namespace, user_id, ...) finds the rows, and all
+    # are compared, by vector and by keyword: neither the HNSW nor the full-text GIN index,
+    # whose posting lists of a common word span every user's rows.
     assert small.exact
     assert re.search(r"Index Scan using memory_(user_\w+|unique_key)", small_plan), small_plan
     assert "memory_embedding_hnsw" not in small_plan
-    # Keyword candidates come from the full-text GIN index or the user's B-tree, never a table scan.
+    assert "memory_search_vector_gin" not in small_plan
     assert "Seq Scan on memories_memory" not in small_plan
-    # A large user: the HNSW index, with iterative scans.
+    # A large user: the HNSW index, with iterative scans, and the GIN index for keywords.
     assert not large.exact
     assert "memory_embedding_hnsw" in large_plan
+    assert "memory_search_vector_gin" in large_plan

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
+from django.contrib.postgres.search import SearchQuery
+from django.db import connection
+from django.db.models.sql import Query
 from rest_framework.test import APIClient
 
 from memories import selectors
@@ -180,3 +184,36 @@ def test_a_hits_record_is_the_memorys_record(api: APIClient, account: AccountWit
 
     assert hit.record == memory_to_record(Memory.objects.get(pk=memory_id))
     assert hit.record["metadata"] == {"source": "chat", "nested": {"n": 1}}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "what does Zoe's sister think about the school play in Seoul",
+        "Café crème: 3 x2, don't être naïve",
+        "window-seat OR aisle or ORANGE",
+        "or and not the",
+        "or",
+        "!!",
+    ],
+)
+def test_keyword_query_is_any_of_the_words_stemmed(query: str) -> None:
+    """The one websearch_to_tsquery means what an OR of plainto_tsquery per word does."""
+    words = "".join(c if c.isalnum() else " " for c in query).split()
+    any_word = SearchQuery(words[0], search_type="plain", config="english") if words else None
+    for word in words[1:]:
+        any_word = any_word | SearchQuery(word, search_type="plain", config="english")  # type: ignore[operator]
+
+    def as_text(sql: str, params: Sequence[Any]) -> str:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT ({sql})::text", params)
+            text: str = cursor.fetchone()[0]
+        return text
+
+    keyword = selectors._keyword_tsquery(query)
+    expected = ""
+    if any_word is not None:
+        compiler = Query(Memory).get_compiler(connection=connection)
+        expected = as_text(*any_word.resolve_expression(Query(Memory)).as_sql(compiler, connection))
+    # None: no word to match (a query of "or" alone, which matches nothing either way).
+    assert ("" if keyword is None else as_text(*keyword)) == expected
