@@ -34,6 +34,7 @@ from memories.models import (
     MemoryHistory,
 )
 from memories.operations import operation
+from memories.pages import Page, decode_page, encode_page, page_of_records
 from memories.ranking import Score, score
 from memories.records import (
     DEFERRED,
@@ -102,7 +103,10 @@ def _filtered(account: Account, filters: MemoryFilters) -> QuerySet[Memory]:
 
 def _ttl(base: float, records: list[dict[str, Any]]) -> float:
     """A cached answer lives `base` seconds, but not past the expiry of a memory in it."""
-    expiry = earliest_expiry(records)
+    return _ttl_until(base, earliest_expiry(records))
+
+
+def _ttl_until(base: float, expiry: datetime | None) -> float:
     if expiry is None:
         return base
     return min(base, (expiry - timezone.now()).total_seconds())
@@ -195,14 +199,6 @@ def _memory_get_cached(account: Account, memory_id: uuid.UUID) -> dict[str, Any]
 # -- list -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Page:
-    """A page of memory_list: the memories' records (memories.records), as cached."""
-
-    records: list[dict[str, Any]]
-    next_cursor: str | None
-
-
 def encode_cursor(memory: Memory) -> str:
     return cursor_after(created_at=memory.created_at, memory_id=memory.id)
 
@@ -216,7 +212,8 @@ def cursor_after(*, created_at: datetime, memory_id: uuid.UUID | str) -> str:
 def list_cache_key(*, account_id: int, filters: MemoryFilters, limit: int, cursor: str | None) -> str:
     """Where a page of memory_list is cached, under the user's current token
     (TieredCache.get_or_set_current; preloading writes the first page there too)."""
-    return cache_key("list", account_id, filters, limit, cursor)
+    # "pages": encoded by memories.pages. Entries of the records a page held before are not read.
+    return cache_key("list", "pages", account_id, filters, limit, cursor)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -235,7 +232,7 @@ def memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor:
     """A page of the user's memories (_memory_list), timed as a `list` (memories.operations)."""
     with operation("list", account_id=account.id, user_id=filters.user_id, limit=limit) as sizes:
         page = _memory_list(account=account, filters=filters, limit=limit, cursor=cursor)
-        sizes["found"] = len(page.records)
+        sizes["found"] = len(page.ids)
         return page
 
 
@@ -249,26 +246,26 @@ def _memory_list(*, account: Account, filters: MemoryFilters, limit: int, cursor
         cache = _cache()
         ttl = float(settings.MEMORY_CACHE["LIST_TTL"])
 
-        def load_page() -> dict[str, Any]:
+        def load_page() -> Page:
             page = _memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor)
             if cursor is None and cache.is_preloaded(account.id, filters.namespace, filters.user_id):
                 cache.count_preload_read(hit=False)
-            return {"items": page.records, "next_cursor": page.next_cursor}
+            return page
 
-        record = cache.get_or_set_current(
+        page = cache.get_or_set_current(
             "list",
             (account.id, filters.namespace, filters.user_id),
             list_cache_key(account_id=account.id, filters=filters, limit=limit, cursor=cursor),
             load_page,
-            encode=orjson.dumps,
-            decode=orjson.loads,
-            ttl=lambda record: _ttl(ttl, record["items"]),
+            encode=encode_page,
+            decode=decode_page,
+            ttl=lambda page: _ttl_until(ttl, page.expires_at),
         )
     except CacheUnavailable:
         return _memory_list_db(account=account, filters=filters, limit=limit, cursor=cursor)
-    if record.get("preloaded"):
+    if page.preloaded:
         cache.count_preload_read(hit=True)
-    return Page(records=record["items"], next_cursor=record["next_cursor"])
+    return page
 
 
 def _memory_list_db(*, account: Account, filters: MemoryFilters, limit: int, cursor: str | None) -> Page:
@@ -278,7 +275,7 @@ def _memory_list_db(*, account: Account, filters: MemoryFilters, limit: int, cur
         queryset = queryset.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=memory_id))
     items = list(queryset[: limit + 1])
     next_cursor = encode_cursor(items[limit - 1]) if len(items) > limit else None
-    return Page(records=[memory_to_record(memory) for memory in items[:limit]], next_cursor=next_cursor)
+    return page_of_records([memory_to_record(memory) for memory in items[:limit]], next_cursor=next_cursor)
 
 
 def memory_history(*, account: Account, memory_id: uuid.UUID) -> list[MemoryHistory]:

@@ -7,6 +7,10 @@ than \\u escapes; datetimes and anything else it does not know are handed to
 DRF's encoder, so they are written exactly as before. What orjson refuses
 (an integer beyond 64 bits, a non-string key) and an indented rendering
 requested through the Accept header go to DRF's renderer unchanged.
+
+RenderedJSON carries JSON written before (a cached list page's results,
+memories.pages): orjson splices its bytes in as they are; DRF's encoder, for
+an indented rendering, gets them parsed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,31 @@ from rest_framework.utils.encoders import JSONEncoder
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
 
 
+class RenderedJSON:
+    """A value of a response's data that is JSON already (valid, as orjson wrote it)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
+class _Encoder(JSONEncoder):
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, RenderedJSON):
+            return orjson.loads(obj.raw)
+        return super().default(obj)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, RenderedJSON):
+        return orjson.Fragment(obj.raw)
+    return _Encoder().default(obj)
+
+
 class OrjsonRenderer(JSONRenderer):
+    encoder_class = _Encoder
+
     def render(
         self, data: Any, accepted_media_type: str | None = None, renderer_context: Mapping[str, Any] | None = None
     ) -> bytes:
@@ -30,7 +58,7 @@ class OrjsonRenderer(JSONRenderer):
             return b""
         if self.get_indent(accepted_media_type or "", renderer_context or {}) is None:
             try:
-                text = orjson.dumps(data, default=JSONEncoder().default, option=_OPTIONS)
+                text = orjson.dumps(data, default=_default, option=_OPTIONS)
             except orjson.JSONEncodeError:
                 pass
             else:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -16,8 +15,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
-from memories.models import EMBEDDING_DIMENSIONS, Memory, MemoryHistory, MemoryKind
-from memories.records import iso_utc, memory_to_record
+from memories.models import Memory, MemoryHistory, MemoryKind
+from memories.records import memory_output, memory_to_record
 from memories.selectors import MemoryFilters, SearchHit
 from memories.services import MemoryInput, WriteResult
 
@@ -390,45 +389,6 @@ class MemoryOutputSerializer(serializers.ModelSerializer[Memory]):
         # first memory, ~0.12 ms for each next): more than a cached read costs
         # otherwise. The same output, written out; a test compares the two.
         return memory_output(memory_to_record(instance))
-
-
-def memory_output(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A memory as the API shows it (MemoryOutputSerializer's output), from its
-    record (memories.records): cached reads answer from the records they hold,
-    without building a model instance."""
-    return {
-        "id": record["id"],
-        "user_id": record["user_id"],
-        "namespace": record["namespace"],
-        "session_id": record["session_id"],
-        "kind": record["kind"],
-        "category": record["category"],
-        "key": record["key"],
-        "content": record["content"],
-        "tags": list(record["tags"]),
-        "metadata": record["metadata"],
-        "importance": float(record["importance"]),
-        "pinned": record["pinned"],
-        "access_count": record["access_count"],
-        "last_accessed_at": _iso_text(record["last_accessed_at"]),
-        "created_at": _iso_text(record["created_at"]),
-        "updated_at": _iso_text(record["updated_at"]),
-        "expires_at": _iso_text(record["expires_at"]),
-        # The vector itself is never sent: clients need to know it exists and of what model.
-        "embedding": (
-            {"model": record["embedding_model"], "dimensions": EMBEDDING_DIMENSIONS}
-            if record["embedding_model"]
-            else None
-        ),
-    }
-
-
-def _iso_text(value: str | None) -> str | None:
-    """A record's timestamp as the API writes it. Records write it so
-    (memories.records.iso_utc); one cached before they did is rewritten."""
-    if value is None or value.endswith("Z"):
-        return value
-    return iso_utc(datetime.fromisoformat(value))
 
 
 class HistoryOutputSerializer(serializers.ModelSerializer[MemoryHistory]):

@@ -20,6 +20,7 @@ from memories import selectors, services
 from memories.access import record_access_later
 from memories.api.auth import caller
 from memories.api.errors import PayloadTooLarge, ServiceUnavailable, error_response
+from memories.api.renderers import RenderedJSON
 from memories.api.serializers import (
     AsyncBatchOutputSerializer,
     AsyncQuerySerializer,
@@ -36,10 +37,10 @@ from memories.api.serializers import (
     MemoryUpdateSerializer,
     SearchOutputSerializer,
     SearchSerializer,
-    memory_output,
 )
 from memories.cache import CacheUnavailable, tiered_cache
 from memories.models import Memory
+from memories.records import memory_output
 
 
 def _reject_query_params(request: Request) -> None:
@@ -84,10 +85,8 @@ class MemoryCollectionView(APIView):
             )
         except selectors.InvalidCursor as error:
             raise serializers.ValidationError({"cursor": [str(error)]}) from None
-        record_access_later(memory_ids=[record["id"] for record in page.records])
-        return Response(
-            {"results": [memory_output(record) for record in page.records], "next_cursor": page.next_cursor}
-        )
+        record_access_later(memory_ids=page.ids)
+        return Response({"results": RenderedJSON(page.results), "next_cursor": page.next_cursor})
 
     @extend_schema(
         operation_id="memory_create",

@@ -342,8 +342,8 @@ def test_filters_are_part_of_the_cache_key(api: APIClient, account: AccountWithK
     everything = selectors.memory_list(account=account.account, filters=base, limit=10)
     only_games = selectors.memory_list(account=account.account, filters=games, limit=10)
 
-    assert len(everything.records) == 2
-    assert [record["content"] for record in only_games.records] == ["User likes chess"]
+    assert len(everything.ids) == 2
+    assert [memory["content"] for memory in only_games.output()] == ["User likes chess"]
 
 
 @pytest.fixture
@@ -470,7 +470,7 @@ def test_the_list_read_that_closes_the_breaker_does_not_trust_the_token_it_read(
 
     page = selectors.memory_list(account=memory.account, filters=MemoryFilters(user_id="u1"), limit=50)
 
-    assert [record["content"] for record in page.records] == ["User likes black coffee"]
+    assert [memory["content"] for memory in page.output()] == ["User likes black coffee"]
 
 
 def test_a_list_whose_token_redis_lost_is_read_again(api: APIClient, account: AccountWithKey) -> None:

@@ -11,9 +11,9 @@ from rest_framework import serializers as drf
 from rest_framework.test import APIClient
 
 from memories.access import flush_access_counts
-from memories.api.serializers import MemoryOutputSerializer, memory_output
+from memories.api.serializers import MemoryOutputSerializer
 from memories.models import Memory, MemoryHistory
-from memories.records import memory_to_record, record_json_sql
+from memories.records import memory_output, memory_to_record, record_json_sql
 from tests.factories import AccountWithKey
 
 pytestmark = pytest.mark.django_db
@@ -265,9 +265,12 @@ def test_fast_output_matches_drf_generic_output(api: APIClient) -> None:
     assert fast == dict(generic)
 
 
-def test_cached_records_answer_as_the_serializer_does(api: APIClient) -> None:
+@pytest.mark.parametrize("embedded", [True, False], ids=["embedded", "pending"])
+def test_cached_records_answer_as_the_serializer_does(api: APIClient, embedded: bool) -> None:
     created = _store(api, "User likes tea", tags=["a"], metadata={"k": [1, {"x": None}]}, ttl_seconds=60)
     Memory.objects.filter(pk=created["id"]).update(last_accessed_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    if not embedded:
+        Memory.objects.filter(pk=created["id"]).update(embedding=None, embedding_model="")
     memory = Memory.objects.get(pk=created["id"])
     expected = dict(drf.ModelSerializer.to_representation(MemoryOutputSerializer(), memory))
     with connection.cursor() as cursor:

@@ -7,7 +7,7 @@ from decimal import Decimal
 import orjson
 from rest_framework.renderers import JSONRenderer
 
-from memories.api.renderers import OrjsonRenderer
+from memories.api.renderers import OrjsonRenderer, RenderedJSON
 
 VALUES = {
     "text": 'café \u2028 line \u2029 para "quoted" <tag>',
@@ -38,3 +38,15 @@ def test_indents_as_asked() -> None:
 
 def test_no_content_is_an_empty_body() -> None:
     assert OrjsonRenderer().render(None) == b""
+
+
+def test_rendered_json_is_spliced_in_as_its_value() -> None:
+    inner = JSONRenderer().render([VALUES["nested"], VALUES["text"]])
+    spliced = {"results": RenderedJSON(inner), "next": None}
+    parsed = {"results": orjson.loads(inner), "next": None}
+
+    assert OrjsonRenderer().render(spliced) == JSONRenderer().render(parsed)
+    # An indented rendering goes through DRF's encoder, which gets it parsed.
+    assert OrjsonRenderer().render(spliced, "application/json; indent=2") == JSONRenderer().render(
+        parsed, "application/json; indent=2"
+    )
