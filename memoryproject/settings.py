@@ -41,19 +41,20 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # The three of memoryproject.browser_middleware: Django's, skipped for requests with an API key.
+    "memoryproject.browser_middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "memoryproject.browser_middleware.AuthenticationMiddleware",
+    "memoryproject.browser_middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Settles the rate limits that reads count on their first Redis round trip (after the key check).
     "memories.api.throttling.DeferredThrottleMiddleware",
     # Settles the API key checks that reads defer to their first Redis round trip.
     "memories.api.auth.DeferredKeyCheckMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last: it times the view (django-prometheus's per-view metrics, the two that say something).
+    "memoryproject.request_metrics.RequestMetricsMiddleware",
 ]
 
 ROOT_URLCONF = "memoryproject.urls"
