@@ -1,6 +1,6 @@
 """Preloading against SPEC-038's success metrics, on a throwaway account.
 
-    .venv/bin/python bench/preloading.py [--users 1000] [--per-user 100] [--sample 50] [--budget-mb 1024]
+    .venv/bin/python bench/preloading.py [--users 1000] [--per-user 100] [--sample 200] [--budget-mb 1024]
 
 The spec's own size is --users 10000 (1,000,000 memories, ~1 min to write).
 
@@ -12,8 +12,8 @@ prints, beside the spec's targets:
   request path) and of their first list page, with an empty cache vs after
   preloading (target: >= 80 % lower);
 - the preload hit rate of reads of preloaded users' hot memories (target: > 90 %);
-- preload throughput, and the time 10,000 users x 100 memories would take at
-  it (target: < 30 s for 1,000,000 memories);
+- preload throughput (the median of three runs), and the time 10,000 users x
+  100 memories would take at it (target: < 30 s for 1,000,000 memories);
 - Redis memory per 1,000 preloaded memories, from INFO used_memory (target: < 6 MB).
 
 It empties the cache of the Redis it uses (tokens and entries) between phases,
@@ -128,11 +128,17 @@ class Measured:
     hit_rate: float
     memories: int
     bytes: int
-    preload_s: float
+    # Each run's duration; the median counts (a single run of 2-3 s moved by
+    # 20 % with what else this shared machine did).
+    preload_runs_s: list[float]
     redis_bytes: int
 
+    @property
+    def preload_s(self) -> float:
+        return statistics.median(self.preload_runs_s)
 
-def measure(*, users: int, per_user: int, sample: int, budget_mb: int) -> Measured:
+
+def measure(*, users: int, per_user: int, sample: int, budget_mb: int, runs: int = 3) -> Measured:
     cache = tiered_cache()
     redis = get_redis_connection("default")
     with bench_account() as (account, client), _budget(budget_mb):
@@ -145,13 +151,15 @@ def measure(*, users: int, per_user: int, sample: int, budget_mb: int) -> Measur
         cache.clear()
         cold = _first_requests(client, hot)
 
-        cache.clear()
-        cache.reset_stats()
-        memory_before = int(redis.info("memory")["used_memory"])
-        started = time.perf_counter()
-        run = preload_run(users=users_of(accounts=[account], namespace="default"), trigger=RunTrigger.COMMAND)
-        preload_s = time.perf_counter() - started
-        memory_after = int(redis.info("memory")["used_memory"])
+        durations: list[float] = []
+        for _ in range(runs):
+            cache.clear()
+            cache.reset_stats()
+            memory_before = int(redis.info("memory")["used_memory"])
+            started = time.perf_counter()
+            run = preload_run(users=users_of(accounts=[account], namespace="default"), trigger=RunTrigger.COMMAND)
+            durations.append(time.perf_counter() - started)
+            memory_after = int(redis.info("memory")["used_memory"])
         warm = _first_requests(client, hot)
         rate = cache.preload_hit_rate()
     cache.clear()
@@ -165,7 +173,7 @@ def measure(*, users: int, per_user: int, sample: int, budget_mb: int) -> Measur
         hit_rate=float(rate["hit_rate"] or 0),
         memories=run.memories,
         bytes=run.bytes,
-        preload_s=preload_s,
+        preload_runs_s=durations,
         redis_bytes=memory_after - memory_before,
     )
 
@@ -204,6 +212,7 @@ def results(measured: Measured) -> list[Result]:
             unit="s per 1,000,000",
             target="1,000,000 in < 30 s",
             met=per_second * 30 > 1_000_000,
+            baseline="median of runs of " + ", ".join(f"{seconds:.2f}" for seconds in measured.preload_runs_s) + " s",
         ),
         Result(
             group=GROUP,
@@ -220,7 +229,7 @@ def results(measured: Measured) -> list[Result]:
 def run(options: SuiteOptions) -> list[Result]:
     """The suite's part: options.memories spread evenly over options.users (100 each at the defaults)."""
     return results(
-        measure(users=options.users, per_user=max(options.memories // options.users, 1), sample=50, budget_mb=1024)
+        measure(users=options.users, per_user=max(options.memories // options.users, 1), sample=200, budget_mb=1024)
     )
 
 
@@ -228,7 +237,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--per-user", type=int, default=100)
-    parser.add_argument("--sample", type=int, default=50, help="users whose first request is timed")
+    parser.add_argument("--sample", type=int, default=200, help="users whose first request is timed")
     parser.add_argument("--budget-mb", type=int, default=1024, help="the global preload budget during the run")
     args = parser.parse_args()
     measured = measure(users=args.users, per_user=args.per_user, sample=args.sample, budget_mb=args.budget_mb)
