@@ -106,11 +106,18 @@ class _Selector:
     order: str
 
 
+# Where each picked row is: the sets fetch the chosen rows again by it (a TID
+# scan) rather than through the primary key's B-tree, 5-14 % of the sets
+# query at 500 users x 100 memories. One statement, one snapshot: the tuple
+# at a ctid is the version the picks saw.
+_ROW_CTID = "m.ctid AS row_ctid"
+
+
 def _simple(where: str, value: str, order: str, strategy: Strategy) -> _Selector:
     # `u.mask & bit` refers to the outer row only: PostgreSQL makes it a
     # one-time filter, so a disabled strategy costs no scan at all.
     rows = (
-        f"SELECT m.* FROM {_MEMORY} m WHERE (u.mask & {_BIT[strategy]}) <> 0 AND {_USER_ROWS} AND {where}"
+        f"SELECT m.*, {_ROW_CTID} FROM {_MEMORY} m WHERE (u.mask & {_BIT[strategy]}) <> 0 AND {_USER_ROWS} AND {where}"
         f" ORDER BY {order} LIMIT u.lim"
     )
     return _Selector(rows=rows, value=value, order=order)
@@ -149,7 +156,7 @@ _SELECTORS: Mapping[Strategy, _Selector] = {
     # back short: every embedded row of the user is compared, exactly.
     Strategy.CONTEXT: _Selector(
         rows=f"""
-            SELECT m.*, 1 - (m.embedding <=> ctx.v) AS similarity
+            SELECT m.*, {_ROW_CTID}, 1 - (m.embedding <=> ctx.v) AS similarity
             FROM (
                 SELECT coalesce(array_agg(seed.id) FILTER (WHERE seed.id IS NOT NULL), '{{}}') AS ids,
                        avg(seed.embedding) AS v
@@ -222,7 +229,7 @@ def _users_sql(users: Sequence[_UserParams]) -> tuple[str, dict[str, Any]]:
 
 # What ranking needs of a pick: carried through the union, so that only the
 # chosen rows are read again for their records.
-_RANKED_BY = ("id", "updated_at", "importance", "access_count", "pinned", "created_at")
+_RANKED_BY = ("id", "row_ctid", "updated_at", "importance", "access_count", "pinned", "created_at")
 
 
 def _columns(alias: str, columns: Sequence[str]) -> str:
@@ -372,14 +379,14 @@ def _sets_sql(users_sql: str) -> str:
         FROM u CROSS JOIN LATERAL (
             SELECT s.*, row_number() OVER (ORDER BY s.score DESC, s.chosen DESC, s.created_at DESC, s.id) AS rank
             FROM (
-                SELECT p.id, p.created_at, bit_or(p.bit) AS bits, count(*) AS chosen, {score} AS score
+                SELECT p.id, p.row_ctid, p.created_at, bit_or(p.bit) AS bits, count(*) AS chosen, {score} AS score
                 FROM ({picks}) p
                 GROUP BY {_columns("p", _RANKED_BY)}
             ) s
             ORDER BY rank
             LIMIT u.lim
         ) r
-        JOIN {_MEMORY} m ON m.id = r.id
+        JOIN {_MEMORY} m ON m.ctid = r.row_ctid
         CROSS JOIN LATERAL (
             SELECT m.id::text AS memory_id, m.expires_at, {memory_key_sql("m.id")} AS key,
                    {record_json_sql("m")} AS record
