@@ -38,11 +38,6 @@ class Page:
     # Written by preloading (counted as a preload hit when read).
     preloaded: bool = False
 
-    def output(self) -> list[dict[str, Any]]:
-        """The results as Python (for callers that are not the API's list view)."""
-        results: list[dict[str, Any]] = orjson.loads(self.results)
-        return results
-
 
 def page_of_records(records: Sequence[dict[str, Any]], *, next_cursor: str | None, preloaded: bool = False) -> Page:
     """The page of these memory records (memories.records), in their order."""
@@ -50,7 +45,7 @@ def page_of_records(records: Sequence[dict[str, Any]], *, next_cursor: str | Non
         ids=[record["id"] for record in records],
         results=orjson.dumps([memory_output(record) for record in records]),
         next_cursor=next_cursor,
-        expires_at=earliest_expiry(list(records)),
+        expires_at=earliest_expiry(records),
         preloaded=preloaded,
     )
 

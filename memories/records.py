@@ -9,7 +9,7 @@ read answers with them as they are, without parsing a datetime.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,7 +93,7 @@ def memory_from_record(record: dict[str, Any]) -> Memory:
     return Memory.from_db("default", _ATTNAMES, values)
 
 
-def earliest_expiry(records: list[dict[str, Any]]) -> datetime | None:
+def earliest_expiry(records: Iterable[Mapping[str, Any]]) -> datetime | None:
     """When the first of these memories expires: a cached answer holding them must not outlive it."""
     expiries = [datetime.fromisoformat(r["expires_at"]) for r in records if r.get("expires_at")]
     return min(expiries) if expiries else None

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
@@ -343,7 +344,7 @@ def test_filters_are_part_of_the_cache_key(api: APIClient, account: AccountWithK
     only_games = selectors.memory_list(account=account.account, filters=games, limit=10)
 
     assert len(everything.ids) == 2
-    assert [memory["content"] for memory in only_games.output()] == ["User likes chess"]
+    assert [memory["content"] for memory in orjson.loads(only_games.results)] == ["User likes chess"]
 
 
 @pytest.fixture
@@ -470,7 +471,7 @@ def test_the_list_read_that_closes_the_breaker_does_not_trust_the_token_it_read(
 
     page = selectors.memory_list(account=memory.account, filters=MemoryFilters(user_id="u1"), limit=50)
 
-    assert [memory["content"] for memory in page.output()] == ["User likes black coffee"]
+    assert [memory["content"] for memory in orjson.loads(page.results)] == ["User likes black coffee"]
 
 
 def test_a_list_whose_token_redis_lost_is_read_again(api: APIClient, account: AccountWithKey) -> None:

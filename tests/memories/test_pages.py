@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from memories.models import Memory
-from memories.pages import decode_page, encode_page, page_of_records
+from memories.pages import Page, decode_page, encode_page, page_of_records
 from memories.records import memory_output, memory_to_record
 from tests.factories import AccountWithKey, make_memory
 
@@ -24,14 +24,14 @@ def test_a_page_holds_its_memories_output_and_reads_back_as_written(account: Acc
 
     assert read == page
     assert read.ids == [str(second.pk), str(first.pk)]
-    assert read.output() == [memory_output(record) for record in records]
+    assert orjson.loads(read.results) == [memory_output(record) for record in records]
     assert read.expires_at == datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def test_an_empty_page_reads_back_empty() -> None:
     page = decode_page(encode_page(page_of_records([], next_cursor=None)))
 
-    assert (page.ids, page.output(), page.next_cursor, page.expires_at, page.preloaded) == ([], [], None, None, False)
+    assert page == Page(ids=[], results=b"[]", next_cursor=None, expires_at=None, preloaded=False)
 
 
 def test_what_is_not_an_encoded_page_is_refused() -> None:
