@@ -24,6 +24,19 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 _ATTACH = "from memoryproject import embedded; embedded.attach(postgres=True, valkey=True)"
 
 
+def run_python(*args: str, env: Mapping[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python args...` in the project's directory with `env`, its output captured as text; not checked."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=BASE_DIR,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

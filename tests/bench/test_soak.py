@@ -8,13 +8,11 @@ acknowledged writes found each of them in PostgreSQL once.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.servers import BASE_DIR
+from tests.servers import run_python
 
 pytestmark = pytest.mark.live_server_process
 
@@ -41,14 +39,7 @@ ARGUMENTS = (
 def test_a_short_soak_reports_and_finds_every_acknowledged_write(environ: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
 
-    soak = subprocess.run(
-        [sys.executable, "bench/soak.py", *ARGUMENTS, "--out", str(out)],
-        cwd=BASE_DIR,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    soak = run_python("bench/soak.py", *ARGUMENTS, "--out", str(out), env=environ, timeout=300)
 
     assert soak.returncode == 0, soak.stderr[-5000:]
     report = json.loads(out.read_text())

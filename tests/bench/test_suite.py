@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.servers import BASE_DIR
+from tests.servers import run_python
 
 pytestmark = pytest.mark.live_server_process
 
@@ -23,25 +21,11 @@ SIZES = ("--memories", "300", "--users", "15", "--repeat", "4", "--clients", "2"
 
 
 def test_the_suite_runs_every_part_and_writes_its_results(environ: dict[str, str], tmp_path: Path) -> None:
-    migrate = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
-        cwd=BASE_DIR,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    migrate = run_python("manage.py", "migrate", "--no-input", "-v", "0", env=environ, timeout=300)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
     out = tmp_path / "results"
 
-    suite = subprocess.run(
-        [sys.executable, "bench/suite.py", *SIZES, "--out", str(out)],
-        cwd=BASE_DIR,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    suite = run_python("bench/suite.py", *SIZES, "--out", str(out), env=environ, timeout=900)
 
     assert suite.returncode == 0, suite.stderr[-5000:]
     report = json.loads((out / "latest.json").read_text())

@@ -3,7 +3,6 @@ what tests of the remote provider, and of the service without it, talk to."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ def fake_openai_embeddings(model: Embedder) -> Iterator[FakeOpenAI]:
 
     class Handler(JSONHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = self.read_json()
             state.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
             if self.path != "/v1/embeddings":
                 self.answer_json(404, {"error": {"message": "not found"}})

@@ -54,7 +54,7 @@ def server() -> Iterator[FakeChat]:
 
     class Handler(JSONHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = self.read_json()
             state.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
             if self.path != "/v1/chat/completions":
                 self.answer(404, b'{"error": {"message": "not found"}}')

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,13 +15,11 @@ from django.conf import settings
 from django.db import connection
 from django_redis import get_redis_connection
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 from redis import BlockingConnectionPool, ConnectionPool
 
 from memoryproject import pool_metrics
-from tests.metrics import scrape, unlabelled
-
-BASE_DIR = Path(__file__).resolve().parents[2]
+from tests.metrics import parse_samples, scrape, unlabelled
+from tests.servers import run_python
 
 pytestmark = pytest.mark.django_db
 
@@ -212,27 +208,14 @@ json.dump({"child": pid, "parent": os.getpid(), "while_alive": while_alive, "aft
 
 
 def _by_pid(text: str, name: str) -> dict[str, float]:
-    return {
-        sample.labels["pid"]: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    }
+    return {dict(labels)["pid"]: value for (sample, labels), value in parse_samples(text).items() if sample == name}
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_forked_worker_s_pool_is_seen_by_a_scrape_another_process_answers(
     subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        cwd=BASE_DIR,
-        env={**subprocess_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python("-c", _SCRIPT, env={**subprocess_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     answer: dict[str, Any] = json.loads(result.stdout)
     child, parent = str(answer["child"]), str(answer["parent"])

@@ -18,8 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from memoryproject import embedded, run
 from memoryproject.prometheus import reap_dead_processes
-
-BASE_DIR = Path(__file__).resolve().parents[2]
+from tests.servers import run_python
 
 # Each forked worker counts transcripts, observes a duration, records a preload
 # run and holds some cache; then exits (as a recycled job worker does). The
@@ -64,15 +63,7 @@ Samples = list[tuple[str, dict[str, str], float]]
 
 
 def _scrape_after_two_workers(subprocess_env: dict[str, str], directory: Path) -> tuple[list[int], str, Samples]:
-    result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        cwd=BASE_DIR,
-        env={**subprocess_env, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python("-c", _SCRIPT, env={**subprocess_env, "PROMETHEUS_MULTIPROC_DIR": str(directory)})
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     samples = [

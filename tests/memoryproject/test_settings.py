@@ -8,15 +8,12 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from memoryproject.run import prepare_environment
-
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests.servers import run_python
 
 # What the environment of the test run must not decide for these children.
 _DECIDED_HERE = {
@@ -65,9 +62,7 @@ def _production(urls: tuple[str, str], **env: str) -> dict[str, str]:
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return run_python(*args, env=env)
 
 
 def _check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

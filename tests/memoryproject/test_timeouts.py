@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -13,6 +11,7 @@ from django_redis import get_redis_connection
 from redis import BlockingConnectionPool
 
 from memories.api.errors import exception_handler
+from tests.servers import run_python
 
 SHOW_TIMEOUT = (
     "import django; django.setup();"
@@ -22,9 +21,8 @@ SHOW_TIMEOUT = (
 
 
 def _statement_timeout(environ: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", SHOW_TIMEOUT], env=environ, capture_output=True, text=True, timeout=60, check=True
-    )
+    done = run_python("-c", SHOW_TIMEOUT, env=environ, timeout=60)
+    assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 
 
