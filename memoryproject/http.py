@@ -39,3 +39,17 @@ class ProcessClient:
                 self._client = httpx.Client(timeout=self.timeout, headers=self._headers)
                 self._pid = pid
             return self._client
+
+    def post_json(self, url: str, body: object, *, unavailable: type[Exception]) -> httpx.Response:
+        """POST `body` as JSON to `url`: the answer, or `unavailable` raised when the
+        provider failed as a whole (no connection, a timeout, a PROVIDER_STATUSES
+        answer): what a provider's breaker counts. Other answers are the caller's to read."""
+        try:
+            response = self.get().post(url, json=body)
+        except httpx.TimeoutException as exc:
+            raise unavailable(f"{url} timed out after {self.timeout:g} s ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise unavailable(f"{url} could not be reached: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in PROVIDER_STATUSES:
+            raise unavailable(f"{url} answered HTTP {response.status_code}: {response.text[:300]}")
+        return response

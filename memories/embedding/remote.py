@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 
 from memories.embedding import EmbeddingError, EmbeddingUnavailable
 from memories.operations import operation
 from memoryproject.breakers import Breaker, BreakerOpen, breaker
-from memoryproject.http import PROVIDER_STATUSES, ProcessClient
+from memoryproject.http import ProcessClient
 
 
 class OpenAIEmbedder:
@@ -66,7 +65,8 @@ class OpenAIEmbedder:
     def _embed_chunk(self, texts: list[str]) -> npt.NDArray[np.float32]:
         try:
             with self._breaker().guard():
-                response = self._post(texts)
+                payload = {"model": self.model_name, "input": texts}
+                response = self._client.post_json(self.url, payload, unavailable=EmbeddingUnavailable)
         except BreakerOpen as error:
             raise EmbeddingUnavailable(str(error)) from None
         if response.status_code != 200:
@@ -77,18 +77,6 @@ class OpenAIEmbedder:
         except ValueError as exc:
             raise EmbeddingError(f"{self.url} answered with invalid JSON: {response.text[:300]}") from exc
         return self._parse(body, expected=len(texts))
-
-    def _post(self, texts: list[str]) -> httpx.Response:
-        """The provider's answer; EmbeddingUnavailable (what the breaker counts) when it failed as a whole."""
-        try:
-            response = self._client.get().post(self.url, json={"model": self.model_name, "input": texts})
-        except httpx.TimeoutException as exc:
-            raise EmbeddingUnavailable(f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise EmbeddingUnavailable(f"{self.url} could not be reached: {type(exc).__name__}: {exc}") from exc
-        if response.status_code in PROVIDER_STATUSES:
-            raise EmbeddingUnavailable(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
-        return response
 
     def _parse(self, body: Any, *, expected: int) -> npt.NDArray[np.float32]:
         data = body.get("data") if isinstance(body, dict) else None

@@ -15,11 +15,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
-
 from memories.extraction import KINDS, ExtractedMemory, Extraction, ExtractionUnavailable, Message
 from memoryproject.breakers import BreakerOpen, breaker
-from memoryproject.http import PROVIDER_STATUSES, ProcessClient
+from memoryproject.http import ProcessClient
 
 __all__ = ["LLMExtractor", "system_prompt"]
 
@@ -104,7 +102,7 @@ class LLMExtractor:
         guard = breaker("llm", fail_max=fail_max, reset_timeout=reset_timeout, failures=(ExtractionUnavailable,))
         try:
             with guard.guard():
-                response = self._post(body)
+                response = self._client.post_json(self.url, body, unavailable=ExtractionUnavailable)
         except BreakerOpen as error:
             raise ExtractionUnavailable(str(error)) from None
         if response.status_code != 200:
@@ -124,20 +122,6 @@ class LLMExtractor:
         if not isinstance(content, str):
             raise ExtractionUnavailable(f"{self.url} answered a choice without text content")
         return content
-
-    def _post(self, body: dict[str, Any]) -> httpx.Response:
-        """The provider's answer; ExtractionUnavailable here is the provider failing as a whole."""
-        try:
-            response = self._client.get().post(self.url, json=body)
-        except httpx.TimeoutException as exc:
-            raise ExtractionUnavailable(
-                f"{self.url} timed out after {self.timeout:g} s ({type(exc).__name__})"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise ExtractionUnavailable(f"{self.url} could not be reached: {type(exc).__name__}: {exc}") from exc
-        if response.status_code in PROVIDER_STATUSES:
-            raise ExtractionUnavailable(f"{self.url} answered HTTP {response.status_code}: {response.text[:300]}")
-        return response
 
     def _parse(self, content: str) -> Extraction:
         fenced = _FENCE.match(content)
