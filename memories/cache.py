@@ -46,6 +46,7 @@ from django.conf import settings
 from django_redis import get_redis_connection
 from prometheus_client import Counter, Gauge
 from redis import Redis
+from redis.client import Pipeline
 from redis.commands.core import Script
 from redis.exceptions import RedisError
 
@@ -350,17 +351,27 @@ class TieredCache:
         False when Redis could not be reached (the caller records the users in PostgreSQL)."""
         if not users:
             return True
+        return self.invalidate_users_with(users, _no_commands) is not None
+
+    def invalidate_users_with(
+        self, users: set[tuple[int, str, str]], commands: Callable[[Pipeline], None]
+    ) -> list[Any] | None:
+        """invalidate_users, with the commands `commands` queues sent on the same
+        round trip (a fire-and-forget store's embedder flag: memories.services):
+        their replies, or None when Redis could not be reached (no token replaced)."""
         try:
             with self.guarded("generation") as redis:
                 pipeline = redis.pipeline(transaction=False)
                 for account_id, namespace, user_id in users:
                     pipeline.set(self.generation_key(account_id, namespace, user_id), secrets.token_hex(8))
-                pipeline.execute()
+                commands(pipeline)
+                replies = pipeline.execute()
         except CacheUnavailable:
-            return False
-        self._count(self._stats.invalidations, "user", len(users))
-        INVALIDATIONS.labels("user").inc(len(users))
-        return True
+            return None
+        if users:
+            self._count(self._stats.invalidations, "user", len(users))
+            INVALIDATIONS.labels("user").inc(len(users))
+        return list(replies[len(users) :])
 
     def _after_recovery(self) -> None:
         from memories.invalidation import replay_pending_invalidations
@@ -722,6 +733,10 @@ end
 return result
 """,
 )
+
+
+def _no_commands(pipeline: Pipeline) -> None:
+    return None
 
 
 def current_key(prefix: str, generation: str) -> str:

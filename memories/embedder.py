@@ -42,6 +42,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 from django_redis import get_redis_connection
 from prometheus_client import Counter, Histogram
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from memories.embedder_isolation import embed_isolating
@@ -255,10 +256,26 @@ def request_embedding() -> None:
     and the sweeper embeds what a missed request leaves behind.
     """
     try:
-        try:
-            first = bool(get_redis_connection("default").set(_flag_key(), "1", nx=True, ex=FLAG_SECONDS))
-        except (RedisError, OSError):
-            first = True  # Redis down: more tasks rather than a minute's wait for the sweeper
+        first = bool(get_redis_connection("default").set(_flag_key(), "1", nx=True, ex=FLAG_SECONDS))
+    except (RedisError, OSError):
+        first = True  # Redis down: more tasks rather than a minute's wait for the sweeper
+    except Exception:
+        logger.exception("could not enqueue the embedder; the sweeper will embed the pending memories")
+        return
+    enqueue_unless_flagged(first=first)
+
+
+def queue_flag(pipeline: Pipeline) -> None:
+    """request_embedding's SET NX, queued on a pipeline that another round trip
+    sends (a fire-and-forget store's invalidation after its commit); its reply
+    goes to enqueue_unless_flagged."""
+    pipeline.set(_flag_key(), "1", nx=True, ex=FLAG_SECONDS)
+
+
+def enqueue_unless_flagged(*, first: bool) -> None:
+    """request_embedding's second half: enqueue the task when this write set the
+    flag (`first`), or when Redis could not say. Never raises, as request_embedding."""
+    try:
         if first:
             _enqueue()
     except Exception:

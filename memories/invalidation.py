@@ -7,6 +7,9 @@ write die even if this process crashes right after committing) and after it
 too). A replacement that cannot reach Redis is recorded in PostgreSQL, in the
 write's own transaction before the commit, and replayed later: by the process
 whose Redis comes back, and by every process every REPLAY_INTERVAL seconds.
+A write that is a single statement without a transaction of its own (a new
+fire-and-forget memory: memories.services) calls the two halves itself,
+invalidate_before_commit and invalidate_after_commit.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
+from redis.client import Pipeline
 
 from memories.cache import tiered_cache
 from memories.models import Account, ApiKey, PendingInvalidation
@@ -33,15 +38,30 @@ def users_changed(users: Iterable[User]) -> None:
     changed = set(users)
     if not changed:
         return
-    cache = tiered_cache()
-    if not cache.invalidate_users(changed):
-        _record(changed)
+    invalidate_before_commit(changed)
+    transaction.on_commit(lambda: invalidate_after_commit(changed))
 
-    def after_commit() -> None:
-        if not cache.invalidate_users(changed):
-            _record(changed)
 
-    transaction.on_commit(after_commit)
+def invalidate_before_commit(users: set[User]) -> None:
+    """users_changed's first half, for a write that registers the second
+    (invalidate_after_commit) itself: replace the tokens now, or record the
+    users in PostgreSQL (in the current transaction, if there is one)."""
+    if not tiered_cache().invalidate_users(users):
+        _record(users)
+
+
+def invalidate_after_commit(users: set[User], also: Callable[[Pipeline], None] | None = None) -> list[Any] | None:
+    """users_changed's second half, once the write has committed. `also` queues
+    more commands on the same Redis round trip: their replies come back, or
+    None when Redis could not be reached (the users are then recorded)."""
+    replies = tiered_cache().invalidate_users_with(users, also or _nothing)
+    if replies is None:
+        _record(users)
+    return replies
+
+
+def _nothing(pipeline: Pipeline) -> None:
+    return None
 
 
 # API keys and accounts share one generation token: any change to either (a

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from redis.client import Pipeline
 from rest_framework.test import APIClient
 
+import memories.embedder as embedder
+from memories.cache import tiered_cache
 from memories.embedder import embed_pending
-from memories.models import Memory, MemoryHistory
+from memories.models import Memory, MemoryHistory, PendingInvalidation
+from memories.services import MemoryInput, WriteResult, memory_batch_create_pending
+from tests.concurrency import in_threads
 from tests.conftest import SpyEmbedder
+from tests.factories import AccountWithKey
 
 pytestmark = pytest.mark.django_db
 
@@ -220,3 +234,123 @@ def test_a_sync_write_merges_into_a_pending_exact_duplicate(api: APIClient) -> N
     assert response.status_code == 200
     assert response.json()["id"] == pending["id"]
     assert Memory.objects.get().embedding is not None
+
+
+# -- the new memory's one-statement path (memories.services._store_new_pending) -------------------
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the embedder tasks enqueued, instead of enqueuing them."""
+    calls: list[int] = []
+    monkeypatch.setattr(embedder, "_enqueue", lambda: calls.append(1))
+    return calls
+
+
+def _redis_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What this process sends to Redis from now on: a command's name, or a
+    pipeline's list of names, one entry per round trip."""
+    trips: list[Any] = []
+    client = tiered_cache()._redis()
+    command: Callable[..., Any] = client.execute_command
+    execute: Callable[..., Any] = Pipeline.execute
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        trips.append(args[0])
+        return command(*args, **options)
+
+    def execute_pipeline(self: Pipeline, *args: Any, **options: Any) -> Any:
+        trips.append([queued[0][0] for queued in self.command_stack])
+        return execute(self, *args, **options)
+
+    monkeypatch.setattr(client, "execute_command", execute_command)
+    monkeypatch.setattr(Pipeline, "execute", execute_pipeline)
+    return trips
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_memory_is_one_statement_and_two_redis_round_trips(
+    account: AccountWithKey, enqueued: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = _redis_round_trips(monkeypatch)
+    item = MemoryInput(user_id="u1", content="User collects vinyl records", tags=("music",))
+
+    with CaptureQueriesContext(connection) as queries:
+        (result,) = memory_batch_create_pending(account=account.account, items=[item], actor="api:test")
+
+    # No BEGIN and COMMIT: the statement is its own transaction, committed when it returns.
+    assert len(queries.captured_queries) == 1, [q["sql"] for q in queries.captured_queries]
+    assert result.created
+    memory = Memory.objects.get(pk=result.memory.pk)
+    assert (memory.content, memory.tags, memory.embedding, memory.account_id) == (
+        "User collects vinyl records",
+        ["music"],
+        None,
+        account.account.pk,
+    )
+    assert list(MemoryHistory.objects.filter(memory_id=memory.pk).values_list("action", "actor", "new_content")) == [
+        ("create", "api:test", "User collects vinyl records")
+    ]
+    # The user's token before the statement; after it, the token again and the
+    # embedder's flag (request_embedding's SET NX) on the same round trip.
+    assert trips == [["SET"], ["SET", "SET"]]
+    assert enqueued == [1]
+    with CaptureQueriesContext(connection) as queries:
+        memory_batch_create_pending(account=account.account, items=[MemoryInput(user_id="u1", content="x")], actor="t")
+    assert len(queries.captured_queries) == 1
+    assert enqueued == [1], "the flag says a task is on its way"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_a_concurrent_writer_takes_first_updates_its_memory(account: AccountWithKey, enqueued: list[int]) -> None:
+    item = MemoryInput(user_id="u1", category="profile", key="city", content="User lives in Lisbon")
+    holding = threading.Event()
+    results: list[WriteResult] = []
+
+    def first_writer() -> None:
+        with transaction.atomic():
+            memory_batch_create_pending(account=account.account, items=[item], actor="first")
+            holding.set()
+            # The second writer's INSERT waits for this transaction on the unique key, then fails.
+            time.sleep(0.5)
+
+    def second_writer() -> None:
+        assert holding.wait(30)
+        (result,) = memory_batch_create_pending(
+            account=account.account, items=[replace(item, content="User lives in Porto")], actor="second"
+        )
+        results.append(result)
+
+    in_threads([first_writer, second_writer])
+
+    (result,) = results
+    assert (result.created, result.matched_by) == (False, "key")
+    memory = Memory.objects.get()
+    assert (memory.pk, memory.content) == (result.memory.pk, "User lives in Porto")
+    assert list(MemoryHistory.objects.order_by("created_at").values_list("action", "actor")) == [
+        ("create", "first"),
+        ("update", "second"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_async_store_while_redis_is_down_is_recorded_and_enqueues(api: APIClient, enqueued: list[int]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    caches = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{closed_port}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2, "IGNORE_EXCEPTIONS": True},
+        }
+    }
+
+    with override_settings(CACHES=caches):
+        body = _store_async(api, "User is learning the cello")
+
+    assert Memory.objects.filter(pk=body["id"]).exists()
+    # Replayed by the first process to reach Redis again, before it serves from the cache.
+    assert PendingInvalidation.objects.filter(user_id="u1").exists()
+    # Redis could not say whether a task is on its way: one is enqueued.
+    assert enqueued == [1]
