@@ -1,15 +1,18 @@
-"""Throughput of the local embedder (all-MiniLM-L6-v2, numpy forward pass).
+"""Throughput of the local embedder (all-MiniLM-L6-v2 run by ONNX Runtime).
 
     .venv/bin/python bench/embedding.py [--batch-size 64] [--skip-textbook]
 
 Prints one-text latency, a batch of 64 short texts and 1,000 mixed-length
-texts for memories.embedding.minilm, beside two baselines: the numbers of
+texts for memories.embedding.minilm on one thread and on two (the default,
+EMBEDDING_THREADS), beside two baselines: the numbers of
 research/embeddings.md (a numpy forward pass of the same model, measured on
 another 2-core machine, AVX2), and a textbook numpy forward pass run here on
 the same inputs (input order, each batch padded to its longest text, separate
 Q/K/V, whole-array operations, erf by Abramowitz-Stegun 7.1.26). Written
-independently, the textbook pass also checks the optimised one: the largest
+independently, the textbook pass also checks the ONNX graph: the largest
 difference between their vectors is printed. Needs no database or Redis.
+Before ONNX Runtime, this project's own optimised numpy pass took 11.5 ms
+for a 23-token query and 380 ms for 100 memories, on one thread.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -179,16 +183,20 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    model = MiniLM(batch_size=args.batch_size)
+    model = MiniLM(batch_size=args.batch_size, threads=2)
     model.embed(["warm up"])
     load_ms = (time.perf_counter() - started) * 1000
     mixed = mixed_texts(1000)
     tokens = sum(len(ids) for ids in model.tokenize(mixed))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
-    print(f"machine: {machine}, python {platform.python_version()}, numpy {np.__version__}")
+    print(
+        f"machine: {machine}, python {platform.python_version()}, numpy {np.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}"
+    )
     print(f"load + first call: {load_ms:.0f} ms; mixed set: {len(mixed)} texts, {tokens} tokens after truncation")
 
     ours = measure(model.embed, mixed=mixed, mixed_runs=3)
+    one_thread = measure(MiniLM(batch_size=args.batch_size, threads=1).embed, mixed=mixed, mixed_runs=3)
     textbook: dict[str, float] | None = None
     if not args.skip_textbook:
         baseline = Textbook(tokenize=model.tokenize, batch_size=args.batch_size)
@@ -208,10 +216,13 @@ def main() -> None:
         ("batch of 64 short texts", "batch_rate", "{:.0f}/s", RESEARCH_BATCH),
         ("1000 mixed-length texts", "mixed_rate", "{:.0f}/s", "-"),
     ]
-    print(f"{'':<26}{'this':>12}{'textbook here':>16}{'research doc':>16}")
+    print(f"{'':<26}{'1 thread':>12}{'2 threads':>12}{'textbook here':>16}{'research doc':>16}")
     for label, key, fmt, research in rows:
-        print(f"{label:<26}{cell(key, fmt, ours):>12}{cell(key, fmt, textbook):>16}{research:>16}")
-    print(f"mixed: {tokens / ours['mixed_s']:.0f} tokens/s")
+        print(
+            f"{label:<26}{cell(key, fmt, one_thread):>12}{cell(key, fmt, ours):>12}"
+            f"{cell(key, fmt, textbook):>16}{research:>16}"
+        )
+    print(f"mixed, 2 threads: {tokens / ours['mixed_s']:.0f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -311,6 +311,10 @@ EMBEDDING: dict[str, Any] = {
     "API_KEY": env_str("EMBEDDING_API_KEY"),
     "TIMEOUT": env_float("EMBEDDING_TIMEOUT", 10.0, minimum=0.1),
     "BATCH_SIZE": env_int("EMBEDDING_BATCH_SIZE", 64, minimum=1),
+    # Threads of the local model per process. Its idle threads sleep rather
+    # than spin, so two per process cost little when every core is busy (7.2
+    # against 6.9 ms a query) and nearly halve a query on an idle core (4.4 ms).
+    "THREADS": env_int("EMBEDDING_THREADS", 2, minimum=1, maximum=64),
     "QUERY_CACHE_TTL": env_int("EMBEDDING_QUERY_CACHE_TTL", 86_400, minimum=1),
     # An OpenAI-compatible provider that failed this many calls in a row is not
     # called for COOLDOWN seconds (memoryproject.breakers): writes are stored

@@ -1,9 +1,10 @@
-"""The embedders: the local all-MiniLM-L6-v2 forward pass, the query-vector cache, and the
+"""The embedders: the local all-MiniLM-L6-v2 (ONNX Runtime), the query-vector cache, and the
 OpenAI-compatible provider against a real HTTP server on localhost."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -29,6 +30,7 @@ from memories.embedding.minilm import MAX_SEQ_LENGTH, MODEL_NAME, MiniLM
 from memories.embedding.remote import OpenAIEmbedder
 from tests.conftest import SpyEmbedder
 from tests.memories.openai_server import FakeOpenAI, fake_openai_embeddings
+from tests.servers import run_python
 
 Vector = npt.NDArray[np.float32]
 
@@ -158,6 +160,44 @@ def test_a_forked_worker_embeds_after_the_parent_did() -> None:
 
     np.testing.assert_allclose(np.frombuffer(result, dtype=np.float32), parent, atol=1e-6)
     assert child.exitcode == 0
+
+
+_FORK_AND_EXIT = """
+import os, sys
+import django
+django.setup()
+from memories.embedding import get_embedder
+parent = get_embedder().embed(["I prefer window seats on flights"])[0]
+pid = os.fork()
+if pid == 0:
+    child = get_embedder().embed(["I prefer window seats on flights"])[0]
+    # The exit a gunicorn worker takes: SystemExit, then the interpreter's and
+    # the C libraries' own clean-up (multiprocessing's children skip both).
+    sys.exit(0 if abs(child - parent).max() < 1e-6 else 3)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_worker_exits_normally_after_embedding() -> None:
+    # ONNX Runtime 1.29 to 1.31 start a thread at import whose clean-up never
+    # returns in a forked child; an inherited session's destructor joins
+    # threads the child does not have. Either hangs the worker at exit.
+    result = run_python(
+        "-c", _FORK_AND_EXIT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "memoryproject.settings"}, timeout=30
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "child exit 0"
+
+
+def test_threads_do_not_change_the_vectors(model: MiniLM) -> None:
+    texts = [WINDOW, DOG, "a somewhat longer sentence about what the user said on Tuesday"] * 20
+
+    one_thread = MiniLM(threads=1).embed(texts)
+
+    assert model.threads == 2
+    assert np.array_equal(model.embed(texts), one_thread)
 
 
 # -- get_embedder ------------------------------------------------------------------------------------
