@@ -44,6 +44,17 @@ def free_port() -> int:
         return port
 
 
+def redis_down_caches() -> dict[str, dict[str, object]]:
+    """CACHES for override_settings whose Redis is a closed port: every call fails at once."""
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2, "IGNORE_EXCEPTIONS": True},
+        }
+    }
+
+
 def own_environ(data_dir: Path) -> dict[str, str]:
     """This process's environment for a child with embedded servers of its own in data_dir."""
     environ = {

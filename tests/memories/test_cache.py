@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from memories.models import Memory, PendingInvalidation
 from memories.selectors import MemoryFilters
 from memoryproject.embedded import start_valkey, stop_valkey
 from tests.factories import AccountWithKey
+from tests.servers import redis_down_caches
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -256,7 +256,7 @@ def test_api_answers_from_postgresql_while_redis_is_down_and_caches_again_after(
     breaker = tiered_cache().breaker
     breaker.cooldown = 0.2
 
-    with override_settings(CACHES=_closed_port_caches()):
+    with override_settings(CACHES=redis_down_caches()):
         for _ in range(5):
             assert api.get(url).status_code == 200
             assert api.get("/memory/memories", {"user_id": "u1"}).status_code == 200
@@ -280,7 +280,7 @@ def test_a_write_while_redis_is_down_is_not_hidden_by_the_cache_after(api: APICl
     api.get(url)
     tiered_cache().breaker.cooldown = 0.1
 
-    with override_settings(CACHES=_closed_port_caches()):
+    with override_settings(CACHES=redis_down_caches()):
         response = api.patch(url, {"content": "User likes black coffee"}, format="json")
         assert response.status_code == 200
     assert PendingInvalidation.objects.count() >= 1
@@ -288,19 +288,6 @@ def test_a_write_while_redis_is_down_is_not_hidden_by_the_cache_after(api: APICl
     time.sleep(0.2)
     assert api.get(url).json()["content"] == "User likes black coffee"
     assert PendingInvalidation.objects.count() == 0
-
-
-def _closed_port_caches() -> dict[str, Any]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    return {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{closed_port}/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2, "IGNORE_EXCEPTIONS": True},
-        }
-    }
 
 
 # -- stats and clear ------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from memories.embedding.minilm import MAX_SEQ_LENGTH, MODEL_NAME, MiniLM
 from memories.embedding.remote import OpenAIEmbedder
 from tests.conftest import SpyEmbedder
 from tests.memories.openai_server import FakeOpenAI, fake_openai_embeddings
-from tests.servers import run_python
+from tests.servers import redis_down_caches, run_python
 
 Vector = npt.NDArray[np.float32]
 
@@ -254,17 +253,7 @@ def test_embed_query_matches_the_model(spy_embedder: SpyEmbedder, model: MiniLM)
 
 
 def test_embed_query_computes_when_redis_is_down(spy_embedder: SpyEmbedder, model: MiniLM) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    down = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{closed_port}/0",
-            "OPTIONS": {"IGNORE_EXCEPTIONS": True, "SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
-        }
-    }
-    with override_settings(CACHES=down):
+    with override_settings(CACHES=redis_down_caches()):
         first = embed_query(WINDOW)
         second = embed_query(WINDOW)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from memories.services import MemoryInput, WriteResult, memory_batch_create_pend
 from tests.concurrency import in_threads
 from tests.conftest import SpyEmbedder
 from tests.factories import AccountWithKey
+from tests.servers import redis_down_caches
 
 pytestmark = pytest.mark.django_db
 
@@ -335,18 +335,7 @@ def test_a_key_a_concurrent_writer_takes_first_updates_its_memory(account: Accou
 
 @pytest.mark.django_db(transaction=True)
 def test_an_async_store_while_redis_is_down_is_recorded_and_enqueues(api: APIClient, enqueued: list[int]) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    caches = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{closed_port}/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2, "IGNORE_EXCEPTIONS": True},
-        }
-    }
-
-    with override_settings(CACHES=caches):
+    with override_settings(CACHES=redis_down_caches()):
         body = _store_async(api, "User is learning the cello")
 
     assert Memory.objects.filter(pk=body["id"]).exists()
