@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memoryproject.run import prepare_environment
+from memoryproject.run import prepare_environment, qcluster_environ
 from tests.servers import run_python
 
 # What the environment of the test run must not decide for these children.
@@ -156,3 +156,8 @@ def test_debug_is_not_production(nothing_listens: tuple[str, str]) -> None:
 
     assert values["PRODUCTION"] is False
     assert values["SESSION_COOKIE_SECURE"] is False
+
+
+def test_the_job_cluster_embeds_on_one_thread_unless_told_otherwise() -> None:
+    assert qcluster_environ({"PATH": "/bin"}) == {"PATH": "/bin", "EMBEDDING_THREADS": "1"}
+    assert qcluster_environ({"EMBEDDING_THREADS": "2"})["EMBEDDING_THREADS"] == "2"
