@@ -351,10 +351,10 @@ class TieredCache:
         False when Redis could not be reached (the caller records the users in PostgreSQL)."""
         if not users:
             return True
-        return self.invalidate_users_with(users, _no_commands) is not None
+        return self.invalidate_users_with(users) is not None
 
     def invalidate_users_with(
-        self, users: set[tuple[int, str, str]], commands: Callable[[Pipeline], None]
+        self, users: set[tuple[int, str, str]], commands: Callable[[Pipeline], None] | None = None
     ) -> list[Any] | None:
         """invalidate_users, with the commands `commands` queues sent on the same
         round trip (a fire-and-forget store's embedder flag: memories.services):
@@ -364,7 +364,8 @@ class TieredCache:
                 pipeline = redis.pipeline(transaction=False)
                 for account_id, namespace, user_id in users:
                     pipeline.set(self.generation_key(account_id, namespace, user_id), secrets.token_hex(8))
-                commands(pipeline)
+                if commands is not None:
+                    commands(pipeline)
                 replies = pipeline.execute()
         except CacheUnavailable:
             return None
@@ -733,10 +734,6 @@ end
 return result
 """,
 )
-
-
-def _no_commands(pipeline: Pipeline) -> None:
-    return None
 
 
 def current_key(prefix: str, generation: str) -> str:

@@ -54,14 +54,10 @@ def invalidate_after_commit(users: set[User], also: Callable[[Pipeline], None] |
     """users_changed's second half, once the write has committed. `also` queues
     more commands on the same Redis round trip: their replies come back, or
     None when Redis could not be reached (the users are then recorded)."""
-    replies = tiered_cache().invalidate_users_with(users, also or _nothing)
+    replies = tiered_cache().invalidate_users_with(users, also)
     if replies is None:
         _record(users)
     return replies
-
-
-def _nothing(pipeline: Pipeline) -> None:
-    return None
 
 
 # API keys and accounts share one generation token: any change to either (a
