@@ -48,6 +48,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
+from django.utils import timezone
 from pgvector import Vector
 from results import Result, SuiteOptions, latency, percentiles, table
 from support import timings  # first: support sets Django up
@@ -92,22 +93,39 @@ def recall(candidates: Sequence[float], exact: Sequence[float]) -> float:
     return min(len(nearest), sum(1 for distance in candidates if distance <= bound)) / len(nearest)
 
 
+# The search sends its best 2 x limit candidates by score; ranked by similarity
+# alone, those are the nearest of its vector candidates, which recall measures.
+_SIMILARITY_ONLY = {
+    "similarity": 1.0,
+    "keyword": 0.0,
+    "recency": 0.0,
+    "importance": 0.0,
+    "frequency": 0.0,
+    "pinned": 0.0,
+}
+
+
 @contextlib.contextmanager
-def _path(exact: bool) -> Iterator[None]:
-    """Force the service's choice: every user searched exactly, or every user through HNSW."""
-    with override_settings(MEMORY={**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 10**9 if exact else 0}):
+def _path(exact: bool | None) -> Iterator[None]:
+    """Force the service's choice (every user searched exactly, or every user
+    through HNSW; None: its own), and rank the candidates by similarity alone."""
+    memory = {**settings.MEMORY, "WEIGHTS": _SIMILARITY_ONLY}
+    if exact is not None:
+        memory["EXACT_SEARCH_MAX_ROWS"] = 10**9 if exact else 0
+    with override_settings(MEMORY=memory):
         yield
 
 
 def user_candidates(account: Account, user_id: str, vector: Vectors, *, exact: bool | None = None) -> Candidates:
     """The service's similarity candidates for a user (its path, or a forced one)."""
-    with _path(exact) if exact is not None else contextlib.nullcontext():
+    with _path(exact):
         search = search_sql(
             account=account,
             filters=MemoryFilters(user_id=user_id, namespace=NAMESPACE),
             query="",
             vector=vector,
             limit=K,
+            now=timezone.now(),
         )
     return Candidates(rows=_run(search.sql, search.params, hnsw=not search.exact), exact=search.exact)
 
@@ -333,7 +351,8 @@ def switch_point(account: Account, sizes: dict[str, int], vectors: Vectors, labe
             with _path(exact):
                 filters = MemoryFilters(user_id=user, namespace=NAMESPACE)
                 searches[exact] = [
-                    search_sql(account=account, filters=filters, query="", vector=vector, limit=K) for vector in vectors
+                    search_sql(account=account, filters=filters, query="", vector=vector, limit=K, now=timezone.now())
+                    for vector in vectors
                 ]
         truth = [[d for _, d in _run(search.sql, search.params, hnsw=False)] for search in searches[True]]
         indexed = _uses_hnsw(searches[False][0].sql, searches[False][0].params)

@@ -64,18 +64,25 @@ def score_sql(
     now: str,
     weights: Mapping[str, float],
     half_life_days: float,
+    similarity: str | None = None,
+    keyword: str | None = None,
 ) -> str:
-    """score(...).total without a query (similarity and keyword 0), as a SQL
-    expression over the given column expressions: for ranking many rows in
-    the database (preloading) instead of in Python. `now` is a SQL expression
-    or placeholder of the same instant score() would get."""
+    """score(...).total as a SQL expression over the given column expressions,
+    for ranking many rows in the database instead of in Python: preloading
+    (without a query: similarity and keyword count 0) and a search's
+    candidates. `now` is a SQL expression or placeholder of the same instant
+    score() would get. The parts are added in score()'s order with the same
+    float8 operations, so the two agree but for the last rounding
+    (tests/memories/test_ranking.py)."""
     weight_sum = sum(weights[name] for name in PARTS) or 1.0
     age_days = f"greatest(extract(epoch FROM ({now} - {updated_at}))::float8, 0) / 86400.0"
     parts = {
+        "similarity": None if similarity is None else f"greatest(coalesce({similarity}, 0.0)::float8, 0.0)",
+        "keyword": None if keyword is None else f"least(greatest({keyword}::float8, 0.0), 1.0)",
         "recency": f"power(0.5, {age_days} / {float(half_life_days)!r})",
         "importance": f"{importance}::float8",
         "frequency": f"({access_count}::float8 / ({access_count}::float8 + {_FREQUENCY_SATURATION!r}))",
         "pinned": f"(CASE WHEN {pinned} THEN 1.0 ELSE 0.0 END)",
     }
-    total = " + ".join(f"{float(weights[name])!r} * {sql}" for name, sql in parts.items())
+    total = " + ".join(f"{float(weights[name])!r} * {sql}" for name, sql in parts.items() if sql is not None)
     return f"round(((({total}) / {float(weight_sum)!r}))::numeric, 6)::float8"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,7 @@ from memories.models import (
 )
 from memories.operations import operation
 from memories.pages import Page, decode_page, encode_page, page_of_records
-from memories.ranking import Score, score
+from memories.ranking import Score, score, score_sql
 from memories.records import (
     DEFERRED,
     earliest_expiry,
@@ -346,7 +347,13 @@ class SearchQuerySQL:
 
 
 def search_sql(
-    *, account: Account, filters: MemoryFilters, query: str, vector: np.ndarray | None, limit: int
+    *,
+    account: Account,
+    filters: MemoryFilters,
+    query: str,
+    vector: np.ndarray | None,
+    limit: int,
+    now: datetime,
 ) -> SearchQuerySQL:
     """The one query of a search: candidates nearest by vector and best by
     keyword match, as CTEs of the query that fetches what ranks them (and each
@@ -408,17 +415,36 @@ def search_sql(
     # Normalisation 32 maps the rank into 0..1 as rank / (rank + 1).
     rank_sql = "0.0" if keyword is None else "ts_rank_cd(m.search_vector, q.tsq, 32)"
     similarity_sql = "0.0" if query_vector is None else "1 - (m.embedding <=> %s::vector)"
+    total_sql = score_sql(
+        similarity="s.similarity",
+        keyword="s.keyword",
+        updated_at="m.updated_at",
+        importance="m.importance",
+        access_count="m.access_count",
+        pinned="m.pinned",
+        now="%s",
+        weights=settings.MEMORY["WEIGHTS"],
+        half_life_days=settings.MEMORY["RECENCY_HALF_LIFE_DAYS"],
+    )
+    # Every candidate is scored here, but only the best are sent with their
+    # record: PostgreSQL evaluates an expensive output column after the sort
+    # and LIMIT, and building and sending the JSON of all 100-200 candidates
+    # cost ~1 ms a search. Twice `limit` of them, so that the final order
+    # (score() in Python, which may differ from this one in the last
+    # rounding) always has the true best among them.
     sql = f"""
         WITH {", ".join(ctes)}
-        SELECT m.id, m.updated_at, m.importance, m.access_count, m.pinned,
-               {similarity_sql} AS similarity,
-               COALESCE({rank_sql}, 0.0) AS keyword,
+        SELECT m.id, m.updated_at, m.importance, m.access_count, m.pinned, s.similarity, s.keyword,
                {record_json_sql("m")} AS record
         FROM {table} m CROSS JOIN q
+        CROSS JOIN LATERAL (SELECT {similarity_sql} AS similarity, COALESCE({rank_sql}, 0.0) AS keyword) s
         WHERE m.id IN (SELECT id FROM by_vector UNION SELECT id FROM by_keyword)
+        ORDER BY {total_sql} DESC, m.id
+        LIMIT %s
     """
     if query_vector is not None:
         params.append(query_vector)
+    params += [now, 2 * limit]
     return SearchQuerySQL(sql=sql, params=params, exact=query_vector is None or scan)
 
 
@@ -496,19 +522,21 @@ def _memory_search(
 def _memory_search_db(
     *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float, keyword_only: bool = False
 ) -> list[SearchHit]:
-    """Two round trips: the size check that picks exact or HNSW search, and the
-    search itself. Every candidate is scored; only the best `limit` records
-    are parsed (their JSON, made by PostgreSQL): converting all 100-200
-    candidates' columns into records cost ~2 ms a search."""
+    """One statement (and the size check that picks exact or HNSW search,
+    kept under the user's token). Every candidate is scored in PostgreSQL; only the best are
+    sent with their records (JSON made by PostgreSQL), scored again here for
+    the score's parts, and only the best `limit` records are parsed."""
     vector = None if keyword_only else embed_query(query)
-    search = search_sql(account=account, filters=filters, query=query, vector=vector, limit=limit)
-    with transaction.atomic():
+    now = timezone.now()
+    search = search_sql(account=account, filters=filters, query=query, vector=vector, limit=limit, now=now)
+    # An exact search is one statement, its own transaction: no BEGIN and
+    # COMMIT round trips. Only the HNSW settings need one (SET LOCAL).
+    with contextlib.nullcontext() if search.exact else transaction.atomic():
         if not search.exact:
             _configure_hnsw()
         with connection.cursor() as cursor:
             cursor.execute(search.sql, search.params)
             rows = cursor.fetchall()
-    now = timezone.now()
     weights = settings.MEMORY["WEIGHTS"]
     half_life = settings.MEMORY["RECENCY_HALF_LIFE_DAYS"]
     scored = []

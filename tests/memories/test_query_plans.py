@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 
 from memories import selectors
 from memories.embedding import embed_query
@@ -43,10 +44,20 @@ def test_search_paths_use_their_indexes(big_table: Account, settings: Any) -> No
     vector = embed_query("window seat")
 
     small = selectors.search_sql(
-        account=big_table, filters=MemoryFilters(user_id="user7"), query="window seat", vector=vector, limit=10
+        account=big_table,
+        filters=MemoryFilters(user_id="user7"),
+        query="window seat",
+        vector=vector,
+        limit=10,
+        now=timezone.now(),
     )
     large = selectors.search_sql(
-        account=big_table, filters=MemoryFilters(user_id="big"), query="window seat", vector=vector, limit=10
+        account=big_table,
+        filters=MemoryFilters(user_id="big"),
+        query="window seat",
+        vector=vector,
+        limit=10,
+        now=timezone.now(),
     )
     small_plan = _plan(small.sql, small.params)
     with transaction.atomic():

@@ -5,15 +5,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.contrib.postgres.search import SearchQuery
 from django.db import connection
 from django.db.models.sql import Query
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from memories import selectors
+from memories.embedding import embed_query
 from memories.models import Memory, content_hash
+from memories.ranking import score
 from memories.records import memory_to_record
 from memories.selectors import MemoryFilters
+from memories.vectors import VectorParam
 from tests.conftest import SpyEmbedder
 from tests.factories import AccountWithKey, bulk_memories
 
@@ -157,7 +162,9 @@ def test_the_exact_or_hnsw_choice_is_counted_once_per_version_of_the_user(
     vector = np.ones(384, dtype=np.float32) / np.sqrt(384)
 
     def search(query: str) -> selectors.SearchQuerySQL:
-        return selectors.search_sql(account=account.account, filters=filters, query=query, vector=vector, limit=5)
+        return selectors.search_sql(
+            account=account.account, filters=filters, query=query, vector=vector, limit=5, now=timezone.now()
+        )
 
     for query in ("seats", "food", "music"):
         assert search(query).exact is True
@@ -217,3 +224,44 @@ def test_keyword_query_is_any_of_the_words_stemmed(query: str) -> None:
         expected = as_text(*any_word.resolve_expression(Query(Memory)).as_sql(compiler, connection))
     # None: no word to match (a query of "or" alone, which matches nothing either way).
     assert ("" if keyword is None else as_text(*keyword)) == expected
+
+
+def test_the_hits_are_the_best_of_every_candidate_by_score(account: AccountWithKey) -> None:
+    # Candidates are ranked in PostgreSQL (ranking.score_sql) and only the best
+    # are sent; every row of this user is a candidate, so the hits must be the
+    # best of all of them by score() itself.
+    bulk_memories(account.account, count=90, user_id="u1")
+    query, limit = "memory number 7", 5
+    vector = embed_query(query)
+    tsquery_sql, tsquery_params = selectors._keyword_tsquery(query) or ("", [])
+    params: list[Any] = [VectorParam(vector), *tsquery_params]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, 1 - (embedding <=> %s::vector), ts_rank_cd(search_vector, {tsquery_sql}, 32), updated_at,"
+            " importance, access_count, pinned FROM memories_memory WHERE user_id = 'u1'",
+            params,
+        )
+        rows = cursor.fetchall()
+    now = timezone.now()
+
+    def total(row: tuple[Any, ...]) -> float:
+        _, similarity, keyword, updated_at, importance, access_count, pinned = row
+        return score(
+            similarity=similarity,
+            keyword=float(keyword),
+            updated_at=updated_at,
+            importance=importance,
+            access_count=access_count,
+            pinned=pinned,
+            now=now,
+            weights=settings.MEMORY["WEIGHTS"],
+            half_life_days=settings.MEMORY["RECENCY_HALF_LIFE_DAYS"],
+        ).total
+
+    expected = [str(row[0]) for row in sorted(rows, key=lambda row: (-total(row), str(row[0])))[:limit]]
+
+    hits = selectors._memory_search_db(
+        account=account.account, filters=MemoryFilters(user_id="u1"), query=query, limit=limit, min_score=0.0
+    )
+
+    assert [hit.record["id"] for hit in hits] == expected
