@@ -172,6 +172,9 @@ class Rider:
     read: bool = False
     # A counter's answer (WindowCounter): (1 if counted else 0, current window's count, previous window's).
     counted: tuple[int, int, int] | None = None
+    # A cache entry read ahead (prefetch): its bytes as they are, None if missing.
+    prefetched: bool = False
+    raw: bytes | None = None
 
     @property
     def counts(self) -> bool:
@@ -201,15 +204,21 @@ class WindowCounter:
 
 # None outside a request scope (riding_tokens): then nothing rides.
 _riders: ContextVar[list[Rider] | None] = ContextVar("cache_riders", default=None)
+# The users' tokens Redis gave this scope, by owner (account, namespace, user):
+# a second value of the same user in the same request is checked against
+# them, without a round trip of its own (get_or_set_current).
+_tokens: ContextVar[dict[tuple[int, str, str], str] | None] = ContextVar("cache_tokens", default=None)
 
 
 @contextmanager
 def riding_tokens() -> Iterator[None]:
     """The scope (one request) in which ride_token's tokens are read."""
     reset = _riders.set([])
+    reset_tokens = _tokens.set({})
     try:
         yield
     finally:
+        _tokens.reset(reset_tokens)
         _riders.reset(reset)
 
 
@@ -228,6 +237,25 @@ def ride_counter(counter: WindowCounter) -> Rider | None:
     return ride_token(counter.argument)
 
 
+def prefetch(key: str) -> None:
+    """Have the next Redis read of this scope also GET `key`, which a
+    get_or_set of it later in the scope then takes instead of a round trip of
+    its own (a search's query vector rides with the lookup of its results)."""
+    riders = _riders.get()
+    if riders is not None and not any(rider.prefetched and rider.key == key for rider in riders):
+        riders.append(Rider(key, prefetched=True))
+
+
+def _take_prefetched(key: str) -> Rider | None:
+    riders = _riders.get() or []
+    for rider in riders:
+        if rider.prefetched and rider.read and rider.key == key:
+            # Once: a later read of the key (after a set) must ask Redis again.
+            riders.remove(rider)
+            return rider
+    return None
+
+
 def _waiting_riders() -> list[Rider]:
     return [rider for rider in _riders.get() or () if not rider.read]
 
@@ -240,6 +268,9 @@ def _seat(riders: list[Rider], values: Sequence[Any], *, tokens: bool = True) ->
         if isinstance(value, list):
             counted, current, previous = (int(part) for part in value)
             rider.counted = (counted, current, previous)
+            rider.read = True
+        elif tokens and rider.prefetched:
+            rider.raw = value if isinstance(value, bytes) else None
             rider.read = True
         elif tokens and not rider.counts:
             rider.token = None if value is None else _text(value)
@@ -359,6 +390,10 @@ class TieredCache:
         """invalidate_users, with the commands `commands` queues sent on the same
         round trip (a fire-and-forget store's embedder flag: memories.services):
         their replies, or None when Redis could not be reached (no token replaced)."""
+        known = _tokens.get()
+        if known:
+            for owner in users:
+                known.pop(owner, None)
         try:
             with self.guarded("generation") as redis:
                 pipeline = redis.pipeline(transaction=False)
@@ -423,7 +458,8 @@ class TieredCache:
         carried: list[bytes | None] = []
         with self.guarded(kind) as redis:
             if valid_with_generation is None:
-                stored = redis.get(key)
+                ahead = _take_prefetched(key)
+                stored = redis.get(key) if ahead is None else ahead.raw
             else:
                 riders = _waiting_riders()
                 stored, token, *carried = _ENTRY_AND_GENERATION(
@@ -470,6 +506,10 @@ class TieredCache:
         """
         local = self.local.get(prefix)
         local_token, _, local_raw = local.partition(b" ") if local is not None else (b"", b"", b"")
+        known = (_tokens.get() or {}).get(owner)
+        if local is not None and known is not None and local_token.decode() == known:
+            self._hit(kind, "l1")
+            return decode(local_raw)
         closings = self.breaker.closings
         with self.guarded(kind) as redis:
             riders = _waiting_riders()
@@ -487,6 +527,7 @@ class TieredCache:
         else:
             generation = _text(token)
             _seat(riders, carried)
+        _remember_token(owner, generation)
         if local is not None and local_token.decode() == generation:
             self._hit(kind, "l1")
             return decode(local_raw)
@@ -750,6 +791,12 @@ def generation_prefix(generation: str, generation_key: str) -> str:
 
 def _rate(hits: int, misses: int) -> dict[str, Any]:
     return {"hits": hits, "misses": misses, "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None}
+
+
+def _remember_token(owner: tuple[int, str, str], generation: str) -> None:
+    known = _tokens.get()
+    if known is not None:
+        known[owner] = generation
 
 
 def _text(value: bytes | str) -> str:

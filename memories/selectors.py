@@ -24,8 +24,8 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from memories.cache import CacheUnavailable, TieredCache, cache_key, tiered_cache
-from memories.embedding import EmbeddingUnavailable, embed_query, get_embedder
+from memories.cache import CacheUnavailable, TieredCache, cache_key, prefetch, tiered_cache
+from memories.embedding import EmbeddingUnavailable, embed_query, get_embedder, query_cache_key
 from memories.invalidation import replay_pending_invalidations
 from memories.models import (
     DISCRETE_KINDS,
@@ -500,6 +500,8 @@ def _memory_search(
         cache = _cache()
         model = get_embedder().model_name
         ttl = float(settings.MEMORY_CACHE["SEARCH_TTL"])
+        # A new query needs its vector: read with the results' lookup, not on a round trip after it.
+        prefetch(query_cache_key(model_name=model, text=query))
         hits = cache.get_or_set_current(
             "search",
             (account.id, filters.namespace, filters.user_id),

@@ -26,7 +26,7 @@ from rest_framework.test import APIClient
 
 from memories import selectors
 from memories.access import send_queued_records
-from memories.cache import LocalCache, cache_key, memory_key_sql, tiered_cache
+from memories.cache import LocalCache, cache_key, memory_key_sql, prefetch, riding_tokens, tiered_cache
 from memories.models import Memory, PendingInvalidation
 from memories.selectors import MemoryFilters
 from memoryproject.embedded import start_valkey, stop_valkey
@@ -501,3 +501,48 @@ def test_the_read_that_closes_the_breaker_does_not_trust_the_token_read_with_its
     found = selectors._memory_get_cached(memory.account, memory.id)
 
     assert found["content"] == "User likes black coffee"
+
+
+def test_a_token_read_in_a_request_serves_its_later_reads_until_the_user_changes() -> None:
+    cache = tiered_cache()
+    owner = (1, "default", f"user-{uuid.uuid4()}")
+    loads: list[str] = []
+
+    def read(prefix: str) -> bytes:
+        def load() -> bytes:
+            loads.append(prefix)
+            return f"{prefix}:{len(loads)}".encode()
+
+        return cache.get_or_set_current(
+            "search", owner, prefix, load, encode=lambda value: value, decode=lambda raw: raw, ttl=lambda value: 60.0
+        )
+
+    with riding_tokens():
+        first = read("a")
+        assert read("a") == first  # under the token this request read: from L1, no round trip
+        cache.invalidate_users({owner})
+        # This request's own write replaced the token: it must not trust the one it read before.
+        assert read("a") != first
+    assert loads == ["a", "a"]
+
+
+def test_a_prefetched_entry_is_taken_once() -> None:
+    cache = tiered_cache()
+    key = cache_key("embedding", str(uuid.uuid4()))
+    loads: list[int] = []
+
+    def load() -> bytes:
+        loads.append(1)
+        return b"vector"
+
+    def read() -> bytes:
+        return cache.get_or_set("embedding", key, load, encode=bytes, decode=bytes, ttl=lambda value: 60.0)
+
+    with riding_tokens():
+        prefetch(key)
+        cache.generation(1, "default", "someone")  # any read of the request carries it: missing
+        assert read() == b"vector"
+        cache.local.clear()
+        # Redis is asked again, not told "missing" a second time by the prefetched answer.
+        assert read() == b"vector"
+    assert loads == [1]

@@ -19,7 +19,7 @@ from memories.ranking import score
 from memories.records import memory_to_record
 from memories.selectors import MemoryFilters
 from memories.vectors import VectorParam
-from tests.conftest import SpyEmbedder
+from tests.conftest import SpyEmbedder, spy_redis_commands
 from tests.factories import AccountWithKey, bulk_memories
 
 pytestmark = pytest.mark.django_db
@@ -265,3 +265,21 @@ def test_the_hits_are_the_best_of_every_candidate_by_score(account: AccountWithK
     )
 
     assert [hit.record["id"] for hit in hits] == expected
+
+
+def test_a_new_query_needs_one_redis_read(api: APIClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The query's vector rides with the lookup of the results (cache.prefetch),
+    # and the exact-or-HNSW choice is taken from this process's cache under the
+    # user's token that lookup read (no round trip of its own).
+    for fact in FACTS:
+        _store(api, fact)
+    assert api.get("/memory/relevant", {"user_id": "u1", "query": "seats"}).status_code == 200
+    commands = spy_redis_commands(monkeypatch)
+
+    response = api.get("/memory/relevant", {"user_id": "u1", "query": "which seat on a plane"})
+
+    assert response.status_code == 200
+    assert response.json()["results"][0]["content"] == FACTS[0]
+    # The lookup (a script: the user's token, the results, the query's vector),
+    # then the query's vector and the results stored.
+    assert [name for name in commands if name != "HINCRBY"] == ["EVALSHA", "SET", "SET"], commands
