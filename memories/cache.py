@@ -35,7 +35,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -390,10 +390,7 @@ class TieredCache:
         """invalidate_users, with the commands `commands` queues sent on the same
         round trip (a fire-and-forget store's embedder flag: memories.services):
         their replies, or None when Redis could not be reached (no token replaced)."""
-        known = _tokens.get()
-        if known:
-            for owner in users:
-                known.pop(owner, None)
+        _forget_tokens(users)
         try:
             with self.guarded("generation") as redis:
                 pipeline = redis.pipeline(transaction=False)
@@ -506,28 +503,28 @@ class TieredCache:
         """
         local = self.local.get(prefix)
         local_token, _, local_raw = local.partition(b" ") if local is not None else (b"", b"", b"")
-        known = (_tokens.get() or {}).get(owner)
-        if local is not None and known is not None and local_token.decode() == known:
-            self._hit(kind, "l1")
-            return decode(local_raw)
-        closings = self.breaker.closings
-        with self.guarded(kind) as redis:
-            riders = _waiting_riders()
-            token, stored, *carried = _CURRENT_ENTRY(
-                keys=[self.generation_key(*owner)],
-                args=[prefix, local_token, *[rider.key for rider in riders]],
-                client=redis,
-            )
-        if self.breaker.closings != closings or token is None:
-            # A token read by the call that closed the breaker may predate the
-            # invalidations it replayed; a missing one is created.
-            _seat(riders, carried, tokens=False)
-            generation = self.generation(*owner)
-            stored = None
-        else:
-            generation = _text(token)
-            _seat(riders, carried)
-        _remember_token(owner, generation)
+        # The token this request already read, if any: L1 under it needs no round trip.
+        generation = (_tokens.get() or {}).get(owner)
+        stored = None
+        if local is None or generation != local_token.decode():
+            closings = self.breaker.closings
+            with self.guarded(kind) as redis:
+                riders = _waiting_riders()
+                token, stored, *carried = _CURRENT_ENTRY(
+                    keys=[self.generation_key(*owner)],
+                    args=[prefix, local_token, *[rider.key for rider in riders]],
+                    client=redis,
+                )
+            if self.breaker.closings != closings or token is None:
+                # A token read by the call that closed the breaker may predate the
+                # invalidations it replayed; a missing one is created.
+                _seat(riders, carried, tokens=False)
+                generation = self.generation(*owner)
+                stored = None
+            else:
+                generation = _text(token)
+                _seat(riders, carried)
+            _remember_token(owner, generation)
         if local is not None and local_token.decode() == generation:
             self._hit(kind, "l1")
             return decode(local_raw)
@@ -797,6 +794,14 @@ def _remember_token(owner: tuple[int, str, str], generation: str) -> None:
     known = _tokens.get()
     if known is not None:
         known[owner] = generation
+
+
+def _forget_tokens(owners: Iterable[tuple[int, str, str]]) -> None:
+    """This request changed these users: the tokens it read of them are no longer theirs."""
+    known = _tokens.get()
+    if known:
+        for owner in owners:
+            known.pop(owner, None)
 
 
 def _text(value: bytes | str) -> str:
