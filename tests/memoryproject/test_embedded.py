@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection
 
 from memoryproject import embedded
+from memoryproject.env import env_str
 from tests.servers import embedded_running, own_environ, run_python, stop_embedded
 
 _SHOW = (
@@ -33,7 +34,7 @@ def data_dir() -> Iterator[Path]:
 
 @pytest.mark.django_db
 def test_the_embedded_database_runs_with_the_configured_shared_buffers() -> None:
-    if not settings.EMBEDDED or "memoryproject.conf" not in _settings_files():
+    if not settings.EMBEDDED or env_str("DATABASE_URL"):
         pytest.skip("the tests run on a PostgreSQL of their own (DATABASE_URL), not the embedded one")
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_size_bytes(current_setting('shared_buffers'))")
@@ -61,10 +62,3 @@ def test_a_new_cluster_gets_the_setting_and_falls_back_when_it_cannot_start(data
     assert "EMBEDDED_POSTGRES_SHARED_BUFFERS_MB lower" in refused.stderr
     assert again.stdout.strip() == "192MB", again.stderr
     assert not embedded_running(data_dir), "the last process attached stops the server"
-
-
-def _settings_files() -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT string_agg(DISTINCT sourcefile, ' ') FROM pg_settings WHERE sourcefile IS NOT NULL")
-        (files,) = cursor.fetchone()
-    return str(files or "")
