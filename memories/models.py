@@ -198,8 +198,11 @@ class Memory(models.Model):
             GinIndex(fields=["tags"], name="memory_tags_gin"),
             # `metadata` filter: containment (@>), which also expresses equality of a key.
             GinIndex(fields=["metadata"], name="memory_metadata_gin", opclasses=["jsonb_path_ops"]),
-            # Keyword candidates of relevance search: search_vector @@ tsquery.
-            GinIndex(fields=["search_vector"], name="memory_search_vector_gin"),
+            # Keyword candidates of relevance search: user_id = %s AND search_vector @@
+            # tsquery (btree_gin). Per-user posting lists: the same lookup through a
+            # search_vector index ANDed with a user B-tree read every user's rows
+            # that hold a common word (memories.selectors.search_sql).
+            GinIndex(fields=["user_id", "search_vector"], name="memory_user_search_vector_gin"),
             # Similarity candidates of large users' searches: ORDER BY embedding <=> query.
             HnswIndex(
                 name="memory_embedding_hnsw",

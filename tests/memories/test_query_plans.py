@@ -65,14 +65,27 @@ def test_search_paths_use_their_indexes(big_table: Account, settings: Any) -> No
         large_plan = _plan(large.sql, large.params)
 
     # A small user: the B-tree on (account, namespace, user_id, ...) finds the rows, and all
-    # are compared, by vector and by keyword: neither the HNSW nor the full-text GIN index,
-    # whose posting lists of a common word span every user's rows.
+    # are compared by vector: not the HNSW index, whose filter comes after its scan.
     assert small.exact
     assert re.search(r"Index Scan using memory_(user_\w+|unique_key)", small_plan), small_plan
     assert "memory_embedding_hnsw" not in small_plan
-    assert "memory_search_vector_gin" not in small_plan
     assert "Seq Scan on memories_memory" not in small_plan
-    # A large user: the HNSW index, with iterative scans, and the GIN index for keywords.
+    # A large user: the HNSW index, with iterative scans.
     assert not large.exact
     assert "memory_embedding_hnsw" in large_plan
-    assert "memory_search_vector_gin" in large_plan
+    # Keyword candidates come from the user's own posting lists, not from those
+    # of every user's rows (a user of 30 rows may be read through the B-tree).
+    assert "memory_user_search_vector_gin" in large_plan
+    settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 5_000}
+    large_exact = selectors.search_sql(
+        account=big_table,
+        filters=MemoryFilters(user_id="big"),
+        query="window seat",
+        vector=vector,
+        limit=10,
+        now=timezone.now(),
+    )
+    assert large_exact.exact
+    large_exact_plan = _plan(large_exact.sql, large_exact.params)
+    assert "memory_user_search_vector_gin" in large_exact_plan
+    assert "memory_embedding_hnsw" not in large_exact_plan
