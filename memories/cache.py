@@ -256,6 +256,14 @@ def _take_prefetched(key: str) -> Rider | None:
     return None
 
 
+def _drop_prefetched(keys: Sequence[str]) -> None:
+    """A forgotten key's prefetched value is stale: a later get_or_set must not take it."""
+    riders = _riders.get()
+    if riders:
+        forgotten = set(keys)
+        riders[:] = [rider for rider in riders if not (rider.prefetched and rider.key in forgotten)]
+
+
 def _waiting_riders() -> list[Rider]:
     return [rider for rider in _riders.get() or () if not rider.read]
 
@@ -564,6 +572,7 @@ class TieredCache:
         """Drop entries from this process's L1 and from Redis (best effort: without Redis, they age out)."""
         for key in keys:
             self.local.delete(key)
+        _drop_prefetched(keys)
         if keys:
             with contextlib.suppress(CacheUnavailable), self.guarded(kind) as redis:
                 for start in range(0, len(keys), 1_000):

@@ -318,16 +318,27 @@ def _uses_exact_search(scoped: QuerySet[Memory]) -> bool:
     return scoped.filter(embedding__isnull=False).values("id")[: limit + 1].count() <= limit
 
 
+def _search_path_key(account: Account, filters: MemoryFilters) -> str:
+    return cache_key("exact", account.id, filters, settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
+
+
 def _uses_exact_search_cached(account: Account, filters: MemoryFilters, scoped: QuerySet[Memory]) -> bool:
-    """_uses_exact_search, kept under the user's token: counting the rows costs
-    1-2 ms for a small user and 5-17 ms for one past the limit, on every new
-    query; the answer changes only when the user's memories do (or expire,
-    which at worst picks the other, also correct, way for a while)."""
+    """_uses_exact_search, kept for SEARCH_TTL seconds. Counting the rows costs
+    1-2 ms for a small user and 6-9 ms for one past the limit (4.2 ms on
+    average over the HTTP bench's searches, which needed one nearly every
+    time while the answer was kept under the user's token: every write and
+    every flush of read counts replaces it).
+
+    The answer is not kept under the token because it only picks the faster
+    of two correct ways, and the user's size moves slowly: a user who crosses
+    the limit is searched the old way until the answer expires. The one
+    costly case is a user who shrinks from past the limit to a few rows within
+    SEARCH_TTL: HNSW's bounded scan may then find fewer of their rows than
+    asked for, until the count is taken again."""
     try:
-        answer = _cache().get_or_set_current(
+        answer = _cache().get_or_set(
             "search",
-            (account.id, filters.namespace, filters.user_id),
-            cache_key("exact", account.id, filters, settings.MEMORY["EXACT_SEARCH_MAX_ROWS"]),
+            _search_path_key(account, filters),
             lambda: _uses_exact_search(scoped),
             encode=lambda exact: b"1" if exact else b"0",
             decode=lambda raw: raw == b"1",
@@ -501,8 +512,10 @@ def _memory_search(
         cache = _cache()
         model = get_embedder().model_name
         ttl = float(settings.MEMORY_CACHE["SEARCH_TTL"])
-        # A new query needs its vector: read with the results' lookup, not on a round trip after it.
+        # A new query needs its vector and the user's search path: read with
+        # the results' lookup, not on round trips after it.
         prefetch(query_cache_key(model_name=model, text=query))
+        prefetch(_search_path_key(account, filters))
         hits = cache.get_or_set_current(
             "search",
             (account.id, filters.namespace, filters.user_id),
@@ -522,16 +535,7 @@ def _memory_search(
     return [SearchHit(record=hit["memory"], score=Score(total=hit["total"], parts=hit["parts"])) for hit in hits]
 
 
-def _memory_search_db(
-    *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float, keyword_only: bool = False
-) -> list[SearchHit]:
-    """One statement (and the size check that picks exact or HNSW search,
-    kept under the user's token). Every candidate is scored in PostgreSQL; only the best are
-    sent with their records (JSON made by PostgreSQL), scored again here for
-    the score's parts, and only the best `limit` records are parsed."""
-    vector = None if keyword_only else embed_query(query)
-    now = timezone.now()
-    search = search_sql(account=account, filters=filters, query=query, vector=vector, limit=limit, now=now)
+def _search_rows(search: SearchQuerySQL) -> list[tuple[Any, ...]]:
     # An exact search is one statement, its own transaction: no BEGIN and
     # COMMIT round trips. Only the HNSW settings need one (SET LOCAL).
     with contextlib.nullcontext() if search.exact else transaction.atomic():
@@ -539,7 +543,30 @@ def _memory_search_db(
             _configure_hnsw()
         with connection.cursor() as cursor:
             cursor.execute(search.sql, search.params)
-            rows = cursor.fetchall()
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+            return rows
+
+
+def _memory_search_db(
+    *, account: Account, filters: MemoryFilters, query: str, limit: int, min_score: float, keyword_only: bool = False
+) -> list[SearchHit]:
+    """One statement (and the size check that picks exact or HNSW search,
+    kept for SEARCH_TTL). Every candidate is scored in PostgreSQL; only the best are
+    sent with their records (JSON made by PostgreSQL), scored again here for
+    the score's parts, and only the best `limit` records are parsed."""
+    vector = None if keyword_only else embed_query(query)
+    now = timezone.now()
+    search = search_sql(account=account, filters=filters, query=query, vector=vector, limit=limit, now=now)
+    rows = _search_rows(search)
+    if not search.exact and len(rows) < limit:
+        # Fewer rows than asked for through HNSW: the user may have shrunk since
+        # the path was chosen (it is kept for SEARCH_TTL), and HNSW's bounded
+        # scan then misses rows. Count again; a user that is small now is
+        # compared row by row.
+        tiered_cache().delete("search", _search_path_key(account, filters))
+        search = search_sql(account=account, filters=filters, query=query, vector=vector, limit=limit, now=now)
+        if search.exact:
+            rows = _search_rows(search)
     weights = settings.MEMORY["WEIGHTS"]
     half_life = settings.MEMORY["RECENCY_HALF_LIFE_DAYS"]
     scored = []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from memories import selectors
+from memories.cache import tiered_cache
 from memories.embedding import embed_query
 from memories.models import Memory, content_hash
 from memories.ranking import score
@@ -144,10 +146,11 @@ def test_query_embeddings_are_cached(api: APIClient, spy_embedder: SpyEmbedder) 
     assert spy_embedder.calls - stored_calls == 1
 
 
-def test_the_exact_or_hnsw_choice_is_counted_once_per_version_of_the_user(
+def test_the_exact_or_hnsw_choice_is_counted_once_per_search_ttl_not_per_write(
     api: APIClient, account: AccountWithKey, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 2}
+    settings.MEMORY_CACHE = {**settings.MEMORY_CACHE, "SEARCH_TTL": 1.0}
     counted: list[bool] = []
     count = selectors._uses_exact_search
 
@@ -168,10 +171,39 @@ def test_the_exact_or_hnsw_choice_is_counted_once_per_version_of_the_user(
 
     for query in ("seats", "food", "music"):
         assert search(query).exact is True
+    # A write does not bring the count back: the answer only picks the faster way.
     _store(api, FACTS[2])
+    assert search("seats").exact is True
+    assert counted == [True]
+
+    time.sleep(1.1)
 
     assert search("seats").exact is False
     assert counted == [True, False]
+
+
+def test_a_user_who_shrank_since_the_choice_is_compared_row_by_row(
+    api: APIClient, account: AccountWithKey, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 2}
+    counted: list[bool] = []
+    count = selectors._uses_exact_search
+
+    def counting(scoped: Any) -> bool:
+        counted.append(count(scoped))
+        return counted[-1]
+
+    monkeypatch.setattr(selectors, "_uses_exact_search", counting)
+    ids = [_store(api, fact) for fact in FACTS[:3]]
+    assert len(api.get("/memory/relevant", {"user_id": "u1", "query": "seats", "limit": "2"}).json()["results"]) == 2
+    for memory_id in ids[1:]:
+        assert api.delete(f"/memory/memories/{memory_id}").status_code == 204
+
+    response = api.get("/memory/relevant", {"user_id": "u1", "query": "which seat on a plane", "limit": "2"})
+
+    # HNSW came back with fewer rows than asked for: counted again, and searched exactly.
+    assert counted == [False, True]
+    assert [hit["id"] for hit in response.json()["results"]] == [ids[0]]
 
 
 def test_a_hits_record_is_the_memorys_record(api: APIClient, account: AccountWithKey) -> None:
@@ -267,13 +299,16 @@ def test_the_hits_are_the_best_of_every_candidate_by_score(account: AccountWithK
     assert [hit.record["id"] for hit in hits] == expected
 
 
-def test_a_new_query_needs_one_redis_read(api: APIClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The query's vector rides with the lookup of the results (cache.prefetch),
-    # and the exact-or-HNSW choice is taken from this process's cache under the
-    # user's token that lookup read (no round trip of its own).
+def test_a_new_query_needs_one_redis_read(
+    api: APIClient, account: AccountWithKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The query's vector and the exact-or-HNSW choice ride with the lookup of
+    # the results (cache.prefetch): a worker that has neither in its own cache
+    # (here: the choice made by another worker) makes no round trip for them.
     for fact in FACTS:
         _store(api, fact)
     assert api.get("/memory/relevant", {"user_id": "u1", "query": "seats"}).status_code == 200
+    tiered_cache().local.delete(selectors._search_path_key(account.account, MemoryFilters(user_id="u1")))
     commands = spy_redis_commands(monkeypatch)
 
     response = api.get("/memory/relevant", {"user_id": "u1", "query": "which seat on a plane"})
