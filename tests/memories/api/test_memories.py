@@ -126,6 +126,37 @@ def test_same_content_for_another_user_is_not_a_duplicate(api: APIClient) -> Non
     assert response.status_code == 201
 
 
+@pytest.mark.parametrize("padding", [0, 5], ids=["looked-up-per-item", "one-pass"])
+def test_a_batch_matches_each_near_duplicate_to_its_own_users_memory_of_its_kind(api: APIClient, padding: int) -> None:
+    peanuts_u1 = _store(api, "User is allergic to peanuts.")
+    peanuts_u2 = _store(api, "User is allergic to peanuts.", user_id="u2")
+    seat_u1 = _store(api, "User always books a window seat.")
+    flight_event_u1 = _store(api, "User booked a window seat on the Lisbon flight.", kind="event")
+
+    response = api.post(
+        "/memory/memories/batch",
+        {
+            "memories": [
+                {"user_id": "u2", "content": "User is allergic to peanuts!"},
+                {"user_id": "u1", "content": "User booked a window seat on the Lisbon flight!", "kind": "event"},
+                {"user_id": "u1", "content": "User is allergic to peanuts!"},
+                {"user_id": "u1", "content": "User always books a window seat!"},
+                {"user_id": "u3", "content": "User is allergic to peanuts!"},
+                {"user_id": "u1", "content": "User is allergic to peanuts!", "kind": "preference"},
+                # Enough items for the one pass over the users' rows (services._ONE_PASS_ITEMS).
+                *({"user_id": "u4", "content": f"User owns {n} bicycles"} for n in range(padding)),
+            ]
+        },
+        format="json",
+    )
+
+    assert response.status_code == 201, response.json()
+    ids = [result["memory"]["id"] for result in response.json()["results"]]
+    assert ids[:4] == [peanuts_u2["id"], flight_event_u1["id"], peanuts_u1["id"], seat_u1["id"]]
+    # Another user, another kind: new memories.
+    assert [result["created"] for result in response.json()["results"]][:6] == [False, False, False, False, True, True]
+
+
 def test_metadata_integers_up_to_64_bits_are_stored_and_read_back(api: APIClient) -> None:
     # The limits of what the caches' JSON writer (orjson) writes: larger ones are refused with a 400.
     metadata = {"smallest": -(2**63), "largest": 2**64 - 1}
