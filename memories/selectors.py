@@ -331,10 +331,10 @@ def _uses_exact_search_cached(account: Account, filters: MemoryFilters, scoped: 
 
     The answer is not kept under the token because it only picks the faster
     of two correct ways, and the user's size moves slowly: a user who crosses
-    the limit is searched the old way until the answer expires. The one
-    costly case is a user who shrinks from past the limit to a few rows within
-    SEARCH_TTL: HNSW's bounded scan may then find fewer of their rows than
-    asked for, until the count is taken again."""
+    the limit is searched the old way until the answer expires. A user who
+    shrinks from past the limit to a few rows within SEARCH_TTL would get
+    fewer rows than asked for from HNSW's bounded scan: _memory_search_db then
+    counts again at once."""
     try:
         answer = _cache().get_or_set(
             "search",

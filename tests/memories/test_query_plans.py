@@ -39,26 +39,22 @@ def test_list_queries_use_their_indexes(big_table: Account) -> None:
     assert "memory_user_pinned" in pinned.explain()
 
 
+def _search(account: Account, user_id: str) -> selectors.SearchQuerySQL:
+    return selectors.search_sql(
+        account=account,
+        filters=MemoryFilters(user_id=user_id),
+        query="window seat",
+        vector=embed_query("window seat"),
+        limit=10,
+        now=timezone.now(),
+    )
+
+
 def test_search_paths_use_their_indexes(big_table: Account, settings: Any) -> None:
     settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 1_000}
-    vector = embed_query("window seat")
 
-    small = selectors.search_sql(
-        account=big_table,
-        filters=MemoryFilters(user_id="user7"),
-        query="window seat",
-        vector=vector,
-        limit=10,
-        now=timezone.now(),
-    )
-    large = selectors.search_sql(
-        account=big_table,
-        filters=MemoryFilters(user_id="big"),
-        query="window seat",
-        vector=vector,
-        limit=10,
-        now=timezone.now(),
-    )
+    small = _search(big_table, "user7")
+    large = _search(big_table, "big")
     small_plan = _plan(small.sql, small.params)
     with transaction.atomic():
         selectors._configure_hnsw()
@@ -77,14 +73,7 @@ def test_search_paths_use_their_indexes(big_table: Account, settings: Any) -> No
     # of every user's rows (a user of 30 rows may be read through the B-tree).
     assert "memory_user_search_vector_gin" in large_plan
     settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 5_000}
-    large_exact = selectors.search_sql(
-        account=big_table,
-        filters=MemoryFilters(user_id="big"),
-        query="window seat",
-        vector=vector,
-        limit=10,
-        now=timezone.now(),
-    )
+    large_exact = _search(big_table, "big")
     assert large_exact.exact
     large_exact_plan = _plan(large_exact.sql, large_exact.params)
     assert "memory_user_search_vector_gin" in large_exact_plan

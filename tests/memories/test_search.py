@@ -146,19 +146,25 @@ def test_query_embeddings_are_cached(api: APIClient, spy_embedder: SpyEmbedder) 
     assert spy_embedder.calls - stored_calls == 1
 
 
-def test_the_exact_or_hnsw_choice_is_counted_once_per_search_ttl_not_per_write(
-    api: APIClient, account: AccountWithKey, settings: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 2}
-    settings.MEMORY_CACHE = {**settings.MEMORY_CACHE, "SEARCH_TTL": 1.0}
-    counted: list[bool] = []
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each count of a user's rows that picks exact or HNSW search, and its answer."""
+    answers: list[bool] = []
     count = selectors._uses_exact_search
 
     def counting(scoped: Any) -> bool:
-        counted.append(count(scoped))
-        return counted[-1]
+        answers.append(count(scoped))
+        return answers[-1]
 
     monkeypatch.setattr(selectors, "_uses_exact_search", counting)
+    return answers
+
+
+def test_the_exact_or_hnsw_choice_is_counted_once_per_search_ttl_not_per_write(
+    api: APIClient, account: AccountWithKey, settings: Any, counted: list[bool]
+) -> None:
+    settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 2}
+    settings.MEMORY_CACHE = {**settings.MEMORY_CACHE, "SEARCH_TTL": 1.0}
     _store(api, FACTS[0])
     _store(api, FACTS[1])
     filters = MemoryFilters(user_id="u1")
@@ -183,17 +189,9 @@ def test_the_exact_or_hnsw_choice_is_counted_once_per_search_ttl_not_per_write(
 
 
 def test_a_user_who_shrank_since_the_choice_is_compared_row_by_row(
-    api: APIClient, account: AccountWithKey, settings: Any, monkeypatch: pytest.MonkeyPatch
+    api: APIClient, settings: Any, counted: list[bool]
 ) -> None:
     settings.MEMORY = {**settings.MEMORY, "EXACT_SEARCH_MAX_ROWS": 2}
-    counted: list[bool] = []
-    count = selectors._uses_exact_search
-
-    def counting(scoped: Any) -> bool:
-        counted.append(count(scoped))
-        return counted[-1]
-
-    monkeypatch.setattr(selectors, "_uses_exact_search", counting)
     ids = [_store(api, fact) for fact in FACTS[:3]]
     assert len(api.get("/memory/relevant", {"user_id": "u1", "query": "seats", "limit": "2"}).json()["results"]) == 2
     for memory_id in ids[1:]:
