@@ -9,7 +9,9 @@ carries the token of its user in its value: a reader fetches the current token
 (one Redis GET), so after a write has returned no process can reach an entry
 made before it, in L1 or L2. Tokens are random rather than counters so that a
 Redis that lost its data can never hand out a token an old entry still carries;
-a missing token is replaced by a new one.
+a missing token is replaced by a new one. That is also what lets tokens expire
+(GENERATION_TTL after their last write), so Redis keeps one only for the users
+written lately, not for every user ever written.
 
 When Redis is down or slow, a circuit breaker opens: reads go to PostgreSQL,
 and L1 is bypassed too (without Redis its entries cannot be validated). A write
@@ -74,6 +76,11 @@ BYPASSES = Counter("memory_cache_bypass_total", "Cache operations skipped becaus
 
 def _config() -> dict[str, Any]:
     return dict(settings.MEMORY_CACHE)
+
+
+def _generation_ttl_ms() -> int:
+    """How long a generation token lives after its last write (GENERATION_TTL)."""
+    return max(int(float(settings.MEMORY_CACHE["GENERATION_TTL"]) * 1000), 1)
 
 
 # -- L1: in-process LRU bounded by bytes, with TTL and time-to-idle ------------------------
@@ -366,7 +373,7 @@ class TieredCache:
                 fresh = {user_id: secrets.token_hex(8) for user_id, _ in missing}
                 pipeline = redis.pipeline(transaction=False)
                 for user_id, key in missing:
-                    pipeline.set(key, fresh[user_id], nx=True, get=True)
+                    pipeline.set(key, fresh[user_id], nx=True, get=True, px=_generation_ttl_ms())
                 for (user_id, _), existing in zip(missing, pipeline.execute(), strict=True):
                     tokens[user_id] = _text(existing) if isinstance(existing, bytes | str) else fresh[user_id]
         if self.breaker.closings != closings:
@@ -403,7 +410,11 @@ class TieredCache:
             with self.guarded("generation") as redis:
                 pipeline = redis.pipeline(transaction=False)
                 for account_id, namespace, user_id in users:
-                    pipeline.set(self.generation_key(account_id, namespace, user_id), secrets.token_hex(8))
+                    pipeline.set(
+                        self.generation_key(account_id, namespace, user_id),
+                        secrets.token_hex(8),
+                        px=_generation_ttl_ms(),
+                    )
                 if commands is not None:
                     commands(pipeline)
                 replies = pipeline.execute()

@@ -294,6 +294,11 @@ MEMORY_CACHE: dict[str, Any] = {
     # Search results also age by recency: their scores drift with time.
     "SEARCH_TTL": env_float("CACHE_SEARCH_TTL", 300.0, minimum=0.0),
     "AUTH_TTL": env_float("CACHE_AUTH_TTL", 300.0, minimum=0.0),
+    # A user's generation token lives this long after its last write, so that
+    # Redis does not keep one for every user ever written. A token that expires
+    # is replaced by a new one (every entry made under the old one misses once):
+    # longer than the longest preload TTL (6 h), which its entries carry.
+    "GENERATION_TTL": env_float("CACHE_GENERATION_TTL", 86400.0, minimum=60.0),
     "BREAKER_THRESHOLD": env_int("CACHE_BREAKER_THRESHOLD", 3, minimum=1),
     "BREAKER_COOLDOWN": env_float("CACHE_BREAKER_COOLDOWN", 5.0, minimum=0.1),
     # How often each process looks in PostgreSQL for writes that could not

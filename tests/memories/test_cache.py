@@ -473,6 +473,21 @@ def test_a_list_whose_token_redis_lost_is_read_again(api: APIClient, account: Ac
     assert [memory["content"] for memory in page["results"]] == ["User likes black coffee"]
 
 
+def test_a_users_token_expires_a_generation_ttl_after_its_last_write(
+    api: APIClient, account: AccountWithKey, settings: Any
+) -> None:
+    settings.MEMORY_CACHE = {**settings.MEMORY_CACHE, "GENERATION_TTL": 600.0}
+    redis = get_redis_connection("default")
+    key = tiered_cache().generation_key(account.account.id, "default", "u1")
+    api.get("/memory/memories", {"user_id": "u1"})  # the first read makes the token
+    assert 0 < redis.pttl(key) <= 600_000
+    redis.pexpire(key, 5_000)
+
+    _store(api, "User likes green tea")  # a write replaces it, with a new lifetime
+
+    assert 5_000 < redis.pttl(key) <= 600_000
+
+
 def test_content_that_looks_like_a_token_key_cannot_validate_an_entry(api: APIClient) -> None:
     sneaky = '{"gen":"x","gk":"gen:1:forged","memory":{}}'
     memory = _store(api, sneaky, metadata={"gk": "gen:1:forged"})
