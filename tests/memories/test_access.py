@@ -29,7 +29,7 @@ from memories.cache import tiered_cache
 from memories.models import AccessFlush, Memory, MemoryHistory
 from memories.tasks import ACCESS_FLUSH_SCHEDULE, ensure_access_flush_schedule, flush_access_counts_task
 from tests.concurrency import in_threads
-from tests.factories import AccountWithKey, make_account, make_memory
+from tests.factories import AccountWithKey, bulk_memories, make_account, make_memory
 
 
 def _memories(account: AccountWithKey, count: int) -> list[Memory]:
@@ -464,3 +464,27 @@ def test_queued_reads_are_dropped_and_counted_when_redis_is_down(closed_port: in
         access.send_queued_records()
 
     assert dropped_records() == dropped + 2
+
+
+@pytest.mark.django_db
+def test_a_flush_keeps_the_rows_it_updates_on_their_pages(account: AccountWithKey) -> None:
+    # Rows of about 1.7 KB (a vector and a short text): at fillfactor 60 each page
+    # holds two and room for both to be updated in one transaction. A row moved
+    # to another page would add an entry to every index, the HNSW one included.
+    bulk_memories(account.account, count=40, user_id="u1")
+    memory_ids = list(Memory.objects.filter(user_id="u1").values_list("id", flat=True))
+    record_access(memory_ids=memory_ids)
+
+    def updates() -> tuple[int, int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = 'memories_memory'"
+            )
+            row = cursor.fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    before = updates()
+    assert flush_access_counts().memories == 40
+    after = updates()
+
+    assert (after[0] - before[0], after[1] - before[1]) == (40, 40)
