@@ -201,6 +201,7 @@ def _find_matches(
             threshold,
         ]
         nearest = "SELECT near.id, 'duplicate', 2 FROM near WHERE near.idx = input.idx"
+        nearest_params: list[Any] = []
     else:
         nearest = """(SELECT m.id, 'duplicate', 2 FROM memories_memory m
              WHERE input.key IS NULL AND m.account_id = %s AND m.namespace = input.namespace
@@ -208,6 +209,7 @@ def _find_matches(
                AND input.embedding IS NOT NULL AND m.embedding IS NOT NULL
                AND 1 - (m.embedding <=> input.embedding) >= %s
              ORDER BY m.embedding <=> input.embedding LIMIT 1)"""
+        nearest_params = [account.id, threshold]
     sql = f"""
         WITH input(idx, namespace, user_id, kind, category, key, hash, embedding) AS (VALUES {placeholders}){ctes}
         SELECT input.idx, match.id, match.reason
@@ -225,9 +227,7 @@ def _find_matches(
             ORDER BY rank LIMIT 1
         ) AS match
     """
-    params += [account.id, account.id]
-    if not ctes:
-        params += [account.id, threshold]
+    params += [account.id, account.id, *nearest_params]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         found = {idx: (memory_id, reason) for idx, memory_id, reason in cursor.fetchall()}
