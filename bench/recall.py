@@ -49,7 +49,6 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
-from pgvector import Vector
 from results import Result, SuiteOptions, latency, percentiles, table
 from support import timings  # first: support sets Django up
 
@@ -59,6 +58,7 @@ from memories.management.commands.generate_memories import ProgressBars
 from memories.models import Account, Memory
 from memories.selectors import MemoryFilters, SearchQuerySQL, _configure_hnsw, search_sql
 from memories.synthetic import question
+from memories.vectors import VectorParam
 
 GROUP = "recall"
 NAMESPACE = "default"
@@ -143,13 +143,13 @@ def _run(sql: str, params: Sequence[Any], *, hnsw: bool) -> list[tuple[str, floa
 def _global_sql(account: Account, vector: Vectors, *, exact: bool) -> tuple[str, list[Any]]:
     live = "embedding IS NOT NULL AND (expires_at IS NULL OR expires_at > now())"
     scope = f"SELECT id, embedding FROM memories_memory WHERE account_id = %s AND namespace = %s AND {live}"
-    order = "ORDER BY embedding <=> %s::vector LIMIT %s"
-    literal = Vector(vector).to_text()
+    order = "ORDER BY embedding <=> %s::halfvec LIMIT %s"
+    literal = VectorParam(vector)
     if exact:
         # MATERIALIZED: the planner cannot take the index for the outer ORDER BY.
-        sql = f"WITH scoped AS MATERIALIZED ({scope}) SELECT id, 1 - (embedding <=> %s::vector) AS similarity"
+        sql = f"WITH scoped AS MATERIALIZED ({scope}) SELECT id, 1 - (embedding <=> %s::halfvec) AS similarity"
         return f"{sql} FROM scoped {order}", [account.id, NAMESPACE, literal, literal, K]
-    sql = f"SELECT id, 1 - (embedding <=> %s::vector) AS similarity FROM ({scope} {order}) AS nearest"
+    sql = f"SELECT id, 1 - (embedding <=> %s::halfvec) AS similarity FROM ({scope} {order}) AS nearest"
     return sql, [literal, account.id, NAMESPACE, literal, _candidates()]
 
 

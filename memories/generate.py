@@ -41,12 +41,12 @@ import numpy as np
 from django.db import connection, connections, transaction
 from django.db.models import Index
 from django.utils import timezone
-from pgvector import Vector
 
 from memories.embedding import Vectors, get_embedder
 from memories.invalidation import users_changed
 from memories.models import Account, Memory, content_hash
 from memories.synthetic import KEYED, UNKEYED, Template, fill
+from memories.vectors import VectorParam
 
 # Share of user ranked r is proportional to 1 / r**ZIPF_EXPONENT: at 100,000
 # memories over 1,000 users the heaviest has ~18,000, the tenth ~1,400 and
@@ -484,7 +484,7 @@ def _copy(*, account: Account, namespace: str, specs: Sequence[MemorySpec], vect
                     spec.created_at,
                     spec.updated_at,
                     spec.expires_at,
-                    Vector(vector).to_binary(),
+                    VectorParam(vector).to_binary(),
                     model_name,
                 )
             )

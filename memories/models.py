@@ -209,7 +209,7 @@ class Memory(models.Model):
                 fields=["embedding"],
                 m=16,
                 ef_construction=64,
-                opclasses=["vector_cosine_ops"],
+                opclasses=["halfvec_cosine_ops"],
             ),
             # `pinned=true` lists and the pinned preload strategy.
             models.Index(

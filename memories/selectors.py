@@ -404,13 +404,13 @@ def search_sql(
     elif scan:
         ctes.append(
             f"by_vector AS (SELECT id FROM {table} WHERE {where} AND embedding IS NOT NULL"
-            " ORDER BY cosine_distance(embedding, %s::vector), id LIMIT %s)"
+            " ORDER BY cosine_distance(embedding, %s::halfvec), id LIMIT %s)"
         )
         params += [*where_params, query_vector, candidates]
     else:
         ctes.append(
             f"by_vector AS (SELECT id FROM {table} WHERE {where} AND embedding IS NOT NULL"
-            " ORDER BY embedding <=> %s::vector LIMIT %s)"
+            " ORDER BY embedding <=> %s::halfvec LIMIT %s)"
         )
         params += [*where_params, query_vector, candidates]
     if keyword is None:
@@ -426,7 +426,7 @@ def search_sql(
         params += [*where_params, *tsq_params, *tsq_params, candidates]
     # Normalisation 32 maps the rank into 0..1 as rank / (rank + 1).
     rank_sql = "0.0" if keyword is None else "ts_rank_cd(m.search_vector, q.tsq, 32)"
-    similarity_sql = "0.0" if query_vector is None else "1 - (m.embedding <=> %s::vector)"
+    similarity_sql = "0.0" if query_vector is None else "1 - (m.embedding <=> %s::halfvec)"
     total_sql = score_sql(
         similarity="s.similarity",
         keyword="s.keyword",

@@ -167,7 +167,7 @@ def _find_matches(
         for index, item in enumerate(items)
     ]
     placeholders = ", ".join(
-        ["(%s::int, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::vector)"] * len(rows)
+        ["(%s::int, %s::text, %s::text, %s::text, %s::text, %s::text, %s::text, %s::halfvec)"] * len(rows)
     )
     params: list[Any] = [value for row in rows for value in row]
     similar = [item for item in items if item.key is None]

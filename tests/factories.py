@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from django.db import connection
 from django.utils import timezone
 
@@ -127,3 +129,11 @@ def make_pending(account: Account, contents: Sequence[str], *, user_id: str = "u
         memory.created_at = base + timedelta(milliseconds=offset)
     Memory.objects.bulk_update(memories, ["created_at"])
     return memories
+
+
+def assert_stored_vector(stored: object, expected: npt.NDArray[np.floating[Any]]) -> None:
+    """`stored`, read back from an embedding column, is `expected` within the
+    column's 16-bit rounding (halfvec, memories.vectors): one unit in the last
+    place, 2**-10 of the value, whichever way two nearly equal inputs rounded."""
+    assert stored is not None
+    np.testing.assert_allclose(np.asarray(stored, dtype=np.float32), expected, rtol=2**-10, atol=1e-6)

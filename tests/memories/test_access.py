@@ -468,9 +468,10 @@ def test_queued_reads_are_dropped_and_counted_when_redis_is_down(closed_port: in
 
 @pytest.mark.django_db
 def test_a_flush_keeps_the_rows_it_updates_on_their_pages(account: AccountWithKey) -> None:
-    # Rows of about 1.7 KB (a vector and a short text): at fillfactor 60 each page
-    # holds two and room for both to be updated in one transaction. A row moved
-    # to another page would add an entry to every index, the HNSW one included.
+    # Rows of about 1 KB (a halfvec and a short text): at fillfactor 50 a page's
+    # free space is as large as its rows, so all of them can be updated in one
+    # transaction (at 60, 31 of 40 were). A row moved to another page would add
+    # an entry to every index, the HNSW one included.
     bulk_memories(account.account, count=40, user_id="u1")
     memory_ids = list(Memory.objects.filter(user_id="u1").values_list("id", flat=True))
     record_access(memory_ids=memory_ids)

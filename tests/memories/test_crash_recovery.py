@@ -42,7 +42,7 @@ from memories.models import (
     TranscriptStatus,
 )
 from memories.services import MemoryInput, memory_batch_create_pending
-from tests.factories import AccountWithKey
+from tests.factories import AccountWithKey, assert_stored_vector
 from tests.local_server import JSONHandler, local_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -463,7 +463,7 @@ def test_an_embedder_killed_mid_batch_loses_no_row_and_its_restart_embeds_each_o
     for memory in Memory.objects.all():
         assert memory.embedding_model == EMBEDDING_MODEL
         # Its own text's vector: no batch was stored against the wrong rows.
-        np.testing.assert_allclose(np.asarray(memory.embedding), _vector(memory.content), atol=1e-5)
+        assert_stored_vector(memory.embedding, _vector(memory.content))
     # The history says each memory was created once, and nothing it records happened twice.
     history = Counter(MemoryHistory.objects.values_list("memory_id", "action"))
     assert {memory_id for memory_id, _ in history} == set(by_text.values())

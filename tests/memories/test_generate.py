@@ -29,7 +29,7 @@ from memories.generate import (
 from memories.management.commands.generate_memories import Command
 from memories.models import Account, Memory, MemoryKind, content_hash
 from tests.conftest import SpyEmbedder
-from tests.factories import AccountWithKey, make_memory
+from tests.factories import AccountWithKey, assert_stored_vector, make_memory
 
 pytestmark = pytest.mark.django_db
 
@@ -88,7 +88,7 @@ def test_rows_are_what_the_services_would_store(account: AccountWithKey) -> None
     sample = rows[:8]
     expected = embedder.embed([memory.content for memory in sample])
     for memory, vector in zip(sample, expected, strict=True):
-        np.testing.assert_allclose(memory.embedding, vector, atol=1e-6)
+        assert_stored_vector(memory.embedding, vector)
     for memory in rows:
         assert memory.content_hash == content_hash(memory.content)
         assert memory.embedding_model == embedder.model_name
@@ -148,7 +148,7 @@ def test_the_same_seed_gives_the_same_memories_and_vectors(
         for a in (account.account, other_account.account)
     )
     for content, vector in ours.items():
-        np.testing.assert_allclose(theirs[content], vector, atol=1e-6)
+        assert_stored_vector(theirs[content], vector)
 
 
 def test_the_vector_cache_spares_the_second_run_the_model(
@@ -223,7 +223,7 @@ def test_a_rebuilt_index_is_the_one_the_migrations_made() -> None:
     account = Account.objects.create(name="bulk")
     migrated = _index_definition()
     assert migrated is not None
-    assert "USING hnsw (embedding vector_cosine_ops) WITH (m='16', ef_construction='64')" in migrated[0]
+    assert "USING hnsw (embedding halfvec_cosine_ops) WITH (m='16', ef_construction='64')" in migrated[0]
     recorder = Recorder()
 
     result = _generate(account, rebuild_index=True, progress=recorder)

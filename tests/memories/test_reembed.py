@@ -16,7 +16,7 @@ from memories.management.commands.reembed import Command as ReembedCommand
 from memories.models import Memory
 from memories.reembedding import memories_reembed
 from tests.conftest import SpyEmbedder
-from tests.factories import AccountWithKey, make_account, make_memory
+from tests.factories import AccountWithKey, assert_stored_vector, make_account, make_memory
 
 pytestmark = pytest.mark.django_db
 
@@ -52,7 +52,7 @@ def test_fills_missing_embeddings_and_leaves_the_rest(account: AccountWithKey) -
     for memory in pending:
         memory.refresh_from_db()
         assert memory.embedding_model == MODEL_NAME
-        np.testing.assert_allclose(memory.embedding, _expected(memory.content), atol=1e-6)
+        assert_stored_vector(memory.embedding, _expected(memory.content))
         # A new vector is not a content change.
         assert memory.updated_at == updated_at[memory.pk]
     done.refresh_from_db()
@@ -83,8 +83,8 @@ def test_model_mismatch_reembeds_other_models_and_missing_rows(account: AccountW
     old.refresh_from_db()
     missing.refresh_from_db()
     current.refresh_from_db()
-    np.testing.assert_allclose(old.embedding, _expected(old.content), atol=1e-6)
-    np.testing.assert_allclose(missing.embedding, _expected(missing.content), atol=1e-6)
+    assert_stored_vector(old.embedding, _expected(old.content))
+    assert_stored_vector(missing.embedding, _expected(missing.content))
     np.testing.assert_array_equal(current.embedding, _marker(2.0))
 
 
@@ -95,7 +95,7 @@ def test_without_filters_every_memory_is_reembedded(account: AccountWithKey) -> 
 
     assert "Re-embedded 1 memories" in output
     stale.refresh_from_db()
-    np.testing.assert_allclose(stale.embedding, _expected(stale.content), atol=1e-6)
+    assert_stored_vector(stale.embedding, _expected(stale.content))
 
 
 def test_account_and_user_filters(account: AccountWithKey, other_account: AccountWithKey) -> None:

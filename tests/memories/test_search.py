@@ -267,7 +267,7 @@ def test_the_hits_are_the_best_of_every_candidate_by_score(account: AccountWithK
     params: list[Any] = [VectorParam(vector), *tsquery_params]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id, 1 - (embedding <=> %s::vector), ts_rank_cd(search_vector, {tsquery_sql}, 32), updated_at,"
+            f"SELECT id, 1 - (embedding <=> %s::halfvec), ts_rank_cd(search_vector, {tsquery_sql}, 32), updated_at,"
             " importance, access_count, pinned FROM memories_memory WHERE user_id = 'u1'",
             params,
         )

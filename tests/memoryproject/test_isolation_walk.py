@@ -23,13 +23,13 @@ from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
-from pgvector.django import VectorField
 from rest_framework.test import APIClient
 
 from memories.access import flush_access_counts, send_queued_records
 from memories.cache import tiered_cache
 from memories.ingest import process_queued
 from memories.models import Account, Memory, MemoryHistory, ProcessingDay, RawTranscript, Session
+from memories.vectors import EmbeddingField
 from preload.engine import strategy_key, trending_key
 from preload.models import PreloadConfig, PreloadRun
 from preload.options import USER_STRATEGIES
@@ -195,7 +195,7 @@ def _secrets(account: Account) -> frozenset[str]:
     return frozenset(text for text in texts if len(text) >= 8)
 
 
-_UNCOMPARABLE = (VectorField, SearchVectorField, models.GeneratedField)
+_UNCOMPARABLE = (EmbeddingField, SearchVectorField, models.GeneratedField)
 
 
 def _rows(model: type[models.Model], account: Account) -> list[tuple[Any, ...]]:
