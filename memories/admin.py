@@ -6,7 +6,7 @@ caches. Vectors are never rendered: a page shows which model made one and its
 size, not 384 floats.
 
 The memory table is the big one (100,000 rows and more, each carrying a
-1.5 KB vector), so its pages avoid what the default admin does per load: a
+776-byte vector), so its pages avoid what the default admin does per load: a
 full COUNT(*), DISTINCT scans for filter choices, and reading the vectors.
 """
 

@@ -1,6 +1,6 @@
 """Memories as cache records: plain JSON of the columns a reader needs.
 
-The vector and the tsvector stay out (1.5 KB and more a memory, and no reader
+The vector and the tsvector stay out (0.8 KB and more a memory, and no reader
 of the API needs them); a record turns back into a Memory without a query.
 Timestamps are written as the API writes them (iso_utc), so that a cached
 read answers with them as they are, without parsing a datetime.

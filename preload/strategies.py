@@ -10,7 +10,7 @@ at max_memories_per_user: preloading 10,000 users is 20 queries, not 40,000,
 and no Memory instance is built (a plain record, as the cache stores it).
 
 Rows come without their vector, full-text vector and hash
-(memories.records.DEFERRED): 1.5 KB of vector a row is not what a cache holds.
+(memories.records.DEFERRED): 0.8 KB of vector a row is not what a cache holds.
 
 Nothing here writes to Redis: the engine takes the sets and decides keys,
 TTLs and the byte budget.
