@@ -49,6 +49,7 @@ from memories.embedder_isolation import embed_isolating
 from memories.embedding import get_embedder
 from memories.invalidation import users_changed
 from memories.models import Memory
+from memories.vectors import vectors_store
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +179,9 @@ def embed_pending_batch(*, limit: int) -> BatchResult:
             return BatchResult()
         outcome = embed_isolating(embedder.embed, [content for _, content, *_ in rows])
         if outcome.vectors:
-            Memory.objects.bulk_update(
-                [
-                    Memory(pk=rows[position][0], embedding=vector, embedding_model=embedder.model_name)
-                    for position, vector in outcome.vectors.items()
-                ],
-                ["embedding", "embedding_model"],
+            vectors_store(
+                vectors=[(rows[position][0], vector) for position, vector in outcome.vectors.items()],
+                model_name=embedder.model_name,
             )
             embedded = [rows[position] for position in outcome.vectors]
             retried = [row[0] for row in embedded if row[5]]

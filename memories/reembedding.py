@@ -13,6 +13,7 @@ from django.db.models.functions import MD5
 from memories.embedding import get_embedder
 from memories.invalidation import users_changed
 from memories.models import Memory
+from memories.vectors import vectors_store
 
 
 def _md5(text: str) -> str:
@@ -59,14 +60,14 @@ def memories_reembed(
                 .values_list("pk", "content_md5")
             )
             updates = [
-                Memory(pk=pk, embedding=vector, embedding_model=embedder.model_name)
+                (pk, vector)
                 for (pk, content), vector in zip(rows, vectors, strict=True)
                 if current.get(pk) == _md5(content)
             ]
-            Memory.objects.bulk_update(updates, ["embedding", "embedding_model"])
+            vectors_store(vectors=updates, model_name=embedder.model_name)
             # A cached memory shows its embedding's model: the users' entries must go.
             users_changed(
-                Memory.objects.filter(pk__in=[memory.pk for memory in updates])
+                Memory.objects.filter(pk__in=[pk for pk, _ in updates])
                 .values_list("account_id", "namespace", "user_id")
                 .distinct()
             )
