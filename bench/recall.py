@@ -50,7 +50,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 from results import Result, SuiteOptions, latency, percentiles, table
-from support import timings  # first: support sets Django up
+from support import delete_account, timings  # first: support sets Django up
 
 from memories.embedding import Vectors, get_embedder
 from memories.generate import default_cache_path, generate_memories
@@ -232,7 +232,7 @@ def data_set(memories: int, users: int, *, keep: bool) -> Iterator[tuple[Account
         yield account, generated
     finally:
         if not keep:
-            account.delete()
+            delete_account(account)
 
 
 # -- the measurements -------------------------------------------------------------
