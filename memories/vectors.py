@@ -4,7 +4,7 @@ Stored as halfvec (16-bit floats), not vector (32-bit): a memory row with a
 1,544-byte vector was about 2 KB, over PostgreSQL's TOAST threshold (2,032
 bytes) for a quarter of the rows, whose vectors then lived out of line, one
 TOAST index lookup each when an exact search read them. As halfvec (776
-bytes) no row is toasted and a page holds twice the rows. On a copy of the
+bytes) no row is toasted and a page holds more rows. On a copy of the
 bench data set (100,000 memories, fillfactor 60), an exact search's
 nearest-100 scan of one user: 9,397 rows 16.0 -> 10.2 ms, 3,733 rows 7.3 ->
 3.1 ms, 1,918 rows 3.2 -> 2.0 ms; heap 385 -> 304 MB plus 47 MB of TOAST,

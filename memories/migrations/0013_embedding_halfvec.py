@@ -9,13 +9,14 @@ class Migration(migrations.Migration):
     A memory row with a 32-bit vector was about 2 KB, past PostgreSQL's TOAST
     threshold for a quarter of the rows, whose vectors an exact search then
     fetched out of line one by one; as halfvec no row is toasted and a page
-    holds twice the rows (memories.vectors has the measurements).
+    holds more rows (three at fillfactor 50, against two before) (memories.vectors has the measurements).
 
     The HNSW index is dropped here, with its vector operator class, and built
     again for halfvec by 0014 without blocking writes. Between the two, large
     users' searches compare every row (correct, slower). Changing the column
-    type rewrites the table under an exclusive lock: 100,000 memories took
-    4.0 s for 131,000 memories on the bench machine; the README's Production section says how to plan it.
+    type rewrites the table under an exclusive lock: 131,000 memories took
+    4.0 s on the bench machine; the README's Production section says how to
+    plan it.
 
     The rewrite packs pages at fillfactor 50 (it was 60, 0012): with rows of
     about 1.2 KB instead of 2 KB a page at 60 holds four rows and room for
