@@ -44,8 +44,6 @@ from psycopg.adapt import Dumper, PyFormat
 from psycopg.pq import Format
 from psycopg.types import TypeInfo
 
-SQL_TYPE = "halfvec"
-
 
 class VectorParam:
     """A vector as a query parameter: `cursor.execute("... %s::halfvec ...", [VectorParam(v)])`."""
@@ -90,7 +88,7 @@ def use_vector_type(sender: object, *, connection: BaseDatabaseWrapper, **kwargs
     raw = connection.connection
     if raw is None or raw.adapters.get_dumper(VectorParam, PyFormat.BINARY).oid:
         return
-    info = TypeInfo.fetch(raw, SQL_TYPE)
+    info = TypeInfo.fetch(raw, "halfvec")
     if info is not None:
         typed = type("VectorBinaryDumper", (_VectorBinaryDumper,), {"oid": info.oid})
         raw.adapters.register_dumper(VectorParam, typed)
