@@ -373,6 +373,7 @@ def search_sql(
     limit: int,
     now: datetime,
     nearest: Sequence[uuid.UUID] | None = None,
+    rows: int | None = None,
 ) -> SearchQuerySQL:
     """The one query of a search: candidates nearest by vector and best by
     keyword match, as CTEs of the query that fetches what ranks them (and each
@@ -381,7 +382,9 @@ def search_sql(
 
     `nearest`: the ids of the user's rows nearest to `vector`, found by
     comparing the vectors this process holds (memories.user_vectors); the
-    rows are then fetched by primary key, and still filtered.
+    rows are then fetched by primary key, and still filtered. `rows`: the
+    user's embedded rows as _embedded_rows_cached counts them, if the caller
+    has them already.
 
     A user up to EXACT_SEARCH_MAX_ROWS is compared by vector with every one
     of their rows, read through the user's B-tree. The distance is written as
@@ -403,9 +406,10 @@ def search_sql(
     much as the search itself for a small user."""
     scoped = _filtered(account, filters)
     candidates = max(settings.MEMORY["SEARCH_CANDIDATES"], limit)
+    if vector is not None and nearest is None and rows is None:
+        rows = _embedded_rows_cached(account, filters, scoped)
     scan = vector is not None and (
-        nearest is not None
-        or _embedded_rows_cached(account, filters, scoped) <= int(settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
+        nearest is not None or int(rows or 0) <= int(settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
     )
     where, where_params = _where_sql(scoped)
     table = connection.ops.quote_name(Memory._meta.db_table)
@@ -576,9 +580,21 @@ def _memory_search_db(
     the score's parts, and only the best `limit` records are parsed."""
     vector = None if keyword_only else embed_query(query)
     now = timezone.now()
-    nearest = None if vector is None else _nearest_held(account=account, filters=filters, vector=vector, limit=limit)
+    embedded = None if vector is None else _embedded_rows_cached(account, filters, _filtered(account, filters))
+    nearest = (
+        None
+        if vector is None or embedded is None
+        else _nearest_held(account=account, filters=filters, vector=vector, limit=limit, rows=embedded)
+    )
     search = search_sql(
-        account=account, filters=filters, query=query, vector=vector, limit=limit, now=now, nearest=nearest
+        account=account,
+        filters=filters,
+        query=query,
+        vector=vector,
+        limit=limit,
+        now=now,
+        nearest=nearest,
+        rows=embedded,
     )
     rows = _search_rows(search)
     if not search.exact and len(rows) < limit:
@@ -625,7 +641,7 @@ def _only_the_user(filters: MemoryFilters) -> bool:
 
 
 def _nearest_held(
-    *, account: Account, filters: MemoryFilters, vector: np.ndarray, limit: int
+    *, account: Account, filters: MemoryFilters, vector: np.ndarray, limit: int, rows: int
 ) -> list[uuid.UUID] | None:
     """The ids of the user's memories nearest to `vector`, from the vectors this
     process holds (memories.user_vectors); None when PostgreSQL compares them.
@@ -634,19 +650,21 @@ def _nearest_held(
     fewer than the candidates among the nearest, so filtered searches go to
     PostgreSQL. The held vectors are current only under the generation token
     this request read for the user (with the search results' lookup); without
-    one (Redis unavailable) PostgreSQL compares them."""
-    if int(settings.MEMORY["USER_VECTORS_MAX_BYTES"]) <= 0 or not _only_the_user(filters):
+    one (Redis unavailable) PostgreSQL compares them. `rows`: the user's
+    embedded memories (_embedded_rows_cached)."""
+    if (
+        int(settings.MEMORY["USER_VECTORS_MAX_BYTES"]) <= 0
+        or rows < int(settings.MEMORY["USER_VECTORS_MIN_ROWS"])
+        or not _only_the_user(filters)
+    ):
         return None
     owner = (account.id, filters.namespace, filters.user_id)
     token = request_token(owner)
     if token is None:
         return None
-    scoped = _filtered(account, filters)
-    if _embedded_rows_cached(account, filters, scoped) < int(settings.MEMORY["USER_VECTORS_MIN_ROWS"]):
-        return None
 
     def load() -> UserVectors:
-        where, params = _where_sql(scoped)
+        where, params = _where_sql(_filtered(account, filters))
         return load_user_vectors(where=where, params=params, token=token)
 
     return held_vectors().nearest(
