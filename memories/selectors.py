@@ -373,7 +373,6 @@ def search_sql(
     limit: int,
     now: datetime,
     nearest: Sequence[uuid.UUID] | None = None,
-    rows: int | None = None,
 ) -> SearchQuerySQL:
     """The one query of a search: candidates nearest by vector and best by
     keyword match, as CTEs of the query that fetches what ranks them (and each
@@ -382,9 +381,7 @@ def search_sql(
 
     `nearest`: the ids of the user's rows nearest to `vector`, found by
     comparing the vectors this process holds (memories.user_vectors); the
-    rows are then fetched by primary key, and still filtered. `rows`: the
-    user's embedded rows as _embedded_rows_cached counts them, if the caller
-    has them already.
+    rows are then fetched by primary key, and still filtered.
 
     A user up to EXACT_SEARCH_MAX_ROWS is compared by vector with every one
     of their rows, read through the user's B-tree. The distance is written as
@@ -406,10 +403,9 @@ def search_sql(
     much as the search itself for a small user."""
     scoped = _filtered(account, filters)
     candidates = max(settings.MEMORY["SEARCH_CANDIDATES"], limit)
-    if vector is not None and nearest is None and rows is None:
-        rows = _embedded_rows_cached(account, filters, scoped)
     scan = vector is not None and (
-        nearest is not None or int(rows or 0) <= int(settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
+        nearest is not None
+        or _embedded_rows_cached(account, filters, scoped) <= int(settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
     )
     where, where_params = _where_sql(scoped)
     table = connection.ops.quote_name(Memory._meta.db_table)
@@ -580,21 +576,9 @@ def _memory_search_db(
     the score's parts, and only the best `limit` records are parsed."""
     vector = None if keyword_only else embed_query(query)
     now = timezone.now()
-    embedded = None if vector is None else _embedded_rows_cached(account, filters, _filtered(account, filters))
-    nearest = (
-        None
-        if vector is None or embedded is None
-        else _nearest_held(account=account, filters=filters, vector=vector, limit=limit, rows=embedded)
-    )
+    nearest = None if vector is None else _nearest_held(account=account, filters=filters, vector=vector, limit=limit)
     search = search_sql(
-        account=account,
-        filters=filters,
-        query=query,
-        vector=vector,
-        limit=limit,
-        now=now,
-        nearest=nearest,
-        rows=embedded,
+        account=account, filters=filters, query=query, vector=vector, limit=limit, now=now, nearest=nearest
     )
     rows = _search_rows(search)
     if not search.exact and len(rows) < limit:
@@ -641,7 +625,7 @@ def _only_the_user(filters: MemoryFilters) -> bool:
 
 
 def _nearest_held(
-    *, account: Account, filters: MemoryFilters, vector: np.ndarray, limit: int, rows: int
+    *, account: Account, filters: MemoryFilters, vector: np.ndarray, limit: int
 ) -> list[uuid.UUID] | None:
     """The ids of the user's memories nearest to `vector`, from the vectors this
     process holds (memories.user_vectors); None when PostgreSQL compares them.
@@ -650,21 +634,19 @@ def _nearest_held(
     fewer than the candidates among the nearest, so filtered searches go to
     PostgreSQL. The held vectors are current only under the generation token
     this request read for the user (with the search results' lookup); without
-    one (Redis unavailable) PostgreSQL compares them. `rows`: the user's
-    embedded memories (_embedded_rows_cached)."""
-    if (
-        int(settings.MEMORY["USER_VECTORS_MAX_BYTES"]) <= 0
-        or rows < int(settings.MEMORY["USER_VECTORS_MIN_ROWS"])
-        or not _only_the_user(filters)
-    ):
+    one (Redis unavailable) PostgreSQL compares them."""
+    if int(settings.MEMORY["USER_VECTORS_MAX_BYTES"]) <= 0 or not _only_the_user(filters):
         return None
     owner = (account.id, filters.namespace, filters.user_id)
     token = request_token(owner)
     if token is None:
         return None
+    scoped = _filtered(account, filters)
+    if _embedded_rows_cached(account, filters, scoped) < int(settings.MEMORY["USER_VECTORS_MIN_ROWS"]):
+        return None
 
     def load() -> UserVectors:
-        where, params = _where_sql(_filtered(account, filters))
+        where, params = _where_sql(scoped)
         return load_user_vectors(where=where, params=params, token=token)
 
     return held_vectors().nearest(
