@@ -810,11 +810,6 @@ def _rate(hits: int, misses: int) -> dict[str, Any]:
     return {"hits": hits, "misses": misses, "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None}
 
 
-def request_token(owner: tuple[int, str, str]) -> str | None:
-    """The user's generation token as this request read it from Redis, if it did."""
-    return (_tokens.get() or {}).get(owner)
-
-
 def _remember_token(owner: tuple[int, str, str], generation: str) -> None:
     known = _tokens.get()
     if known is not None:

@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from memories.cache import CacheUnavailable, TieredCache, cache_key, prefetch, request_token, tiered_cache
+from memories.cache import CacheUnavailable, TieredCache, cache_key, prefetch, tiered_cache
 from memories.embedding import EmbeddingUnavailable, embed_query, get_embedder, query_cache_key
 from memories.invalidation import replay_pending_invalidations
 from memories.models import (
@@ -44,7 +44,6 @@ from memories.records import (
     memory_to_record,
     record_json_sql,
 )
-from memories.user_vectors import UserVectors, held_vectors, load_user_vectors
 from memories.vectors import VectorParam
 
 logger = logging.getLogger(__name__)
@@ -312,25 +311,19 @@ def _keyword_tsquery(query: str) -> tuple[str, list[Any]] | None:
     return "websearch_to_tsquery(%s::regconfig, %s)", [TEXT_SEARCH_CONFIG, " or ".join(words)]
 
 
-def _rows_counted() -> int:
-    """How far _embedded_rows counts: far enough to tell whether a user is past
-    EXACT_SEARCH_MAX_ROWS and whether they reach USER_VECTORS_MIN_ROWS."""
-    return max(int(settings.MEMORY["EXACT_SEARCH_MAX_ROWS"]), int(settings.MEMORY["USER_VECTORS_MIN_ROWS"])) + 1
-
-
-def _embedded_rows(scoped: QuerySet[Memory]) -> int:
-    """The user's embedded memories, counted up to _rows_counted(). Small users
-    are searched exactly: pgvector's HNSW filters after the index scan, so a
-    per-user search through it can come back short."""
-    return scoped.filter(embedding__isnull=False).values("id")[: _rows_counted()].count()
+def _uses_exact_search(scoped: QuerySet[Memory]) -> bool:
+    """Small users are searched exactly: pgvector's HNSW filters after the index
+    scan, so a per-user search through it can come back short."""
+    limit = int(settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
+    return scoped.filter(embedding__isnull=False).values("id")[: limit + 1].count() <= limit
 
 
 def _search_path_key(account: Account, filters: MemoryFilters) -> str:
-    return cache_key("rows", account.id, filters, _rows_counted())
+    return cache_key("exact", account.id, filters, settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
 
 
-def _embedded_rows_cached(account: Account, filters: MemoryFilters, scoped: QuerySet[Memory]) -> int:
-    """_embedded_rows, kept for SEARCH_TTL seconds. Counting the rows costs
+def _uses_exact_search_cached(account: Account, filters: MemoryFilters, scoped: QuerySet[Memory]) -> bool:
+    """_uses_exact_search, kept for SEARCH_TTL seconds. Counting the rows costs
     1-2 ms for a small user and 6-9 ms for one past the limit (4.2 ms on
     average over the HTTP bench's searches, which needed one nearly every
     time while the answer was kept under the user's token: every write and
@@ -346,13 +339,13 @@ def _embedded_rows_cached(account: Account, filters: MemoryFilters, scoped: Quer
         answer = _cache().get_or_set(
             "search",
             _search_path_key(account, filters),
-            lambda: _embedded_rows(scoped),
-            encode=lambda rows: str(rows).encode(),
-            decode=int,
-            ttl=lambda rows: float(settings.MEMORY_CACHE["SEARCH_TTL"]),
+            lambda: _uses_exact_search(scoped),
+            encode=lambda exact: b"1" if exact else b"0",
+            decode=lambda raw: raw == b"1",
+            ttl=lambda exact: float(settings.MEMORY_CACHE["SEARCH_TTL"]),
         )
     except CacheUnavailable:
-        return _embedded_rows(scoped)
+        return _uses_exact_search(scoped)
     return answer
 
 
@@ -372,16 +365,11 @@ def search_sql(
     vector: np.ndarray | None,
     limit: int,
     now: datetime,
-    nearest: Sequence[uuid.UUID] | None = None,
 ) -> SearchQuerySQL:
     """The one query of a search: candidates nearest by vector and best by
     keyword match, as CTEs of the query that fetches what ranks them (and each
     one's record as JSON). Without a vector (the embedding provider is down)
     only the keyword match finds candidates, and similarity counts 0.
-
-    `nearest`: the ids of the user's rows nearest to `vector`, found by
-    comparing the vectors this process holds (memories.user_vectors); the
-    rows are then fetched by primary key, and still filtered.
 
     A user up to EXACT_SEARCH_MAX_ROWS is compared by vector with every one
     of their rows, read through the user's B-tree. The distance is written as
@@ -403,10 +391,7 @@ def search_sql(
     much as the search itself for a small user."""
     scoped = _filtered(account, filters)
     candidates = max(settings.MEMORY["SEARCH_CANDIDATES"], limit)
-    scan = vector is not None and (
-        nearest is not None
-        or _embedded_rows_cached(account, filters, scoped) <= int(settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
-    )
+    scan = vector is not None and _uses_exact_search_cached(account, filters, scoped)
     where, where_params = _where_sql(scoped)
     table = connection.ops.quote_name(Memory._meta.db_table)
     query_vector = None if vector is None else VectorParam(vector)
@@ -416,11 +401,6 @@ def search_sql(
     params: list[Any] = [*tsq_params]
     if query_vector is None:
         ctes.append("by_vector AS (SELECT NULL::uuid AS id WHERE false)")
-    elif nearest is not None:
-        ctes.append(
-            f"by_vector AS (SELECT id FROM {table} WHERE {where} AND embedding IS NOT NULL AND id = ANY(%s::uuid[]))"
-        )
-        params += [*where_params, list(nearest)]
     elif scan:
         ctes.append(
             f"by_vector AS (SELECT id FROM {table} WHERE {where} AND embedding IS NOT NULL"
@@ -576,10 +556,7 @@ def _memory_search_db(
     the score's parts, and only the best `limit` records are parsed."""
     vector = None if keyword_only else embed_query(query)
     now = timezone.now()
-    nearest = None if vector is None else _nearest_held(account=account, filters=filters, vector=vector, limit=limit)
-    search = search_sql(
-        account=account, filters=filters, query=query, vector=vector, limit=limit, now=now, nearest=nearest
-    )
+    search = search_sql(account=account, filters=filters, query=query, vector=vector, limit=limit, now=now)
     rows = _search_rows(search)
     if not search.exact and len(rows) < limit:
         # Fewer rows than asked for through HNSW: the user may have shrunk since
@@ -609,54 +586,6 @@ def _memory_search_db(
             scored.append((-total.total, str(memory_id), total, record))
     scored.sort(key=lambda entry: entry[:2])
     return [SearchHit(record=orjson.loads(record), score=total) for _, _, total, record in scored[:limit]]
-
-
-def _only_the_user(filters: MemoryFilters) -> bool:
-    return not (
-        filters.kinds
-        or filters.category is not None
-        or filters.tags_any
-        or filters.tags_all
-        or filters.metadata
-        or filters.pinned is not None
-        or filters.since is not None
-        or filters.until is not None
-    )
-
-
-def _nearest_held(
-    *, account: Account, filters: MemoryFilters, vector: np.ndarray, limit: int
-) -> list[uuid.UUID] | None:
-    """The ids of the user's memories nearest to `vector`, from the vectors this
-    process holds (memories.user_vectors); None when PostgreSQL compares them.
-
-    Only for a search of a whole user: a filter (a kind, a tag) would leave
-    fewer than the candidates among the nearest, so filtered searches go to
-    PostgreSQL. The held vectors are current only under the generation token
-    this request read for the user (with the search results' lookup); without
-    one (Redis unavailable) PostgreSQL compares them."""
-    if int(settings.MEMORY["USER_VECTORS_MAX_BYTES"]) <= 0 or not _only_the_user(filters):
-        return None
-    owner = (account.id, filters.namespace, filters.user_id)
-    token = request_token(owner)
-    if token is None:
-        return None
-    scoped = _filtered(account, filters)
-    if _embedded_rows_cached(account, filters, scoped) < int(settings.MEMORY["USER_VECTORS_MIN_ROWS"]):
-        return None
-
-    def load() -> UserVectors:
-        where, params = _where_sql(scoped)
-        return load_user_vectors(where=where, params=params, token=token)
-
-    return held_vectors().nearest(
-        owner,
-        token=token,
-        vector=vector,
-        count=max(int(settings.MEMORY["SEARCH_CANDIDATES"]), limit),
-        now=timezone.now(),
-        load=load,
-    )
 
 
 def _configure_hnsw() -> None:

@@ -270,12 +270,6 @@ MEMORY: dict[str, Any] = {
     "HNSW_EF_SEARCH": env_int("MEMORY_HNSW_EF_SEARCH", 200, minimum=1, maximum=1000),
     "HNSW_MAX_SCAN_TUPLES": env_int("MEMORY_HNSW_MAX_SCAN_TUPLES", 20_000, minimum=1),
     "SEARCH_CANDIDATES": env_int("MEMORY_SEARCH_CANDIDATES", 100, minimum=1, maximum=1000),
-    # Users with at least USER_VECTORS_MIN_ROWS embedded memories have their
-    # vectors held in each web process, up to USER_VECTORS_MAX_BYTES a process
-    # (about 1.6 KB a memory; 0 turns it off), and are compared there
-    # (memories/user_vectors.py).
-    "USER_VECTORS_MIN_ROWS": env_int("MEMORY_USER_VECTORS_MIN_ROWS", 2_000, minimum=1),
-    "USER_VECTORS_MAX_BYTES": env_int("MEMORY_USER_VECTORS_MAX_BYTES", 256 * 1024 * 1024, minimum=0),
     # Relevance blend; see memories/ranking.py for what each part measures.
     "WEIGHTS": {
         "similarity": env_float("MEMORY_WEIGHT_SIMILARITY", 0.55, minimum=0.0),

@@ -19,7 +19,6 @@ import memories.embedding as embedding
 from memories.access import send_queued_records
 from memories.cache import tiered_cache
 from memories.embedding import Embedder, Vectors, get_embedder
-from memories.user_vectors import held_vectors
 from memoryproject.breakers import reset_breakers
 from tests.factories import AccountWithKey, make_account
 
@@ -60,7 +59,6 @@ def reset_caches() -> None:
     tiered.breaker.reset()
     tiered.reset_stats()
     reset_breakers()
-    held_vectors().clear()
 
 
 @pytest.fixture(autouse=True)

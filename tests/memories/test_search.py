@@ -117,8 +117,7 @@ def test_both_search_paths_return_the_right_memory(
     ).hits
 
     assert hits[0].record["id"] == target
-    rows = selectors._embedded_rows(selectors._filtered(account.account, filters))
-    assert (rows <= exact_max_rows) is (exact_max_rows > 0)
+    assert selectors._uses_exact_search(selectors._filtered(account.account, filters)) is (exact_max_rows > 0)
 
 
 def test_hnsw_path_finds_a_small_users_memories_among_a_large_table(
@@ -149,16 +148,15 @@ def test_query_embeddings_are_cached(api: APIClient, spy_embedder: SpyEmbedder) 
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Each count of a user's rows that picks exact or HNSW search, and its answer (True: exact)."""
+    """Each count of a user's rows that picks exact or HNSW search, and its answer."""
     answers: list[bool] = []
-    count = selectors._embedded_rows
+    count = selectors._uses_exact_search
 
-    def counting(scoped: Any) -> int:
-        rows = count(scoped)
-        answers.append(rows <= settings.MEMORY["EXACT_SEARCH_MAX_ROWS"])
-        return rows
+    def counting(scoped: Any) -> bool:
+        answers.append(count(scoped))
+        return answers[-1]
 
-    monkeypatch.setattr(selectors, "_embedded_rows", counting)
+    monkeypatch.setattr(selectors, "_uses_exact_search", counting)
     return answers
 
 
